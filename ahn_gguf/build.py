@@ -1,0 +1,357 @@
+"""Build and install the patched llama-cpp-python that runs AHN models (`ahn-gguf build`).
+
+The pinned llama-cpp-python 0.3.36 sdist (it vendors llama.cpp 0c1e57098) is unpacked,
+the ordered patch series in `patches/` is applied, the AHN kernels of `native/` are copied
+into ggml, and a wheel is built with scikit-build-core and installed as `llama_cpp`.
+
+The wheel is cached under `$AHN_GGUF_CACHE/llama-cpp-python/<key>/`, the key being a hash
+of everything that goes into it (sdist, patches, native sources, build flags): a repeat
+build, or CI with a warm cache, only reinstalls it. The installed package carries its key in
+its version (`0.3.36+ahn.<key>`), so an up-to-date install is not even reinstalled.
+
+Build flags: `-march=native` is never used. ggml's AMX int8 path, which `-march=native`
+turns on for CPUs reporting AMX, crashes `llama_decode` on such machines (DESIGN.md);
+instead the x86 SIMD levels the CPU has (AVX2, FMA, F16C, AVX-512, ...) are named one by
+one, AMX excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ahn_gguf.sdist import SDIST_ROOT, SDIST_SHA256, cache_dir, sdist_path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PATCHES_DIR = REPO_ROOT / "patches"
+NATIVE_DIR = REPO_ROOT / "native"
+
+# bump when the build procedure itself changes in a way the key would not see
+BUILD_RECIPE = 1
+
+# the native files that go into ggml: the kernels and their dispatcher (not the standalone
+# thread pool or self-test, which belong to the cffi binding)
+NATIVE_CPU_SOURCES = (
+    "ahn_memory.h", "ahn_memory_common.h", "ahn_memory_kernels.h", "ahn_memory_simd_loop.h",
+    "ahn_memory.c", "ahn_memory_scalar.c", "ahn_memory_avx2.c", "ahn_memory_avx512.c",
+    "ahn_memory_neon.c",
+)
+NATIVE_CUDA_SOURCES = ("cuda/ahn_memory_cuda.cuh",)
+
+# llama-cpp-python extras the build does not need: multimodal (mtmd) and tools
+BASE_CMAKE_ARGS = (
+    "-DLLAVA_BUILD=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_TOOLS=OFF",
+    "-DLLAMA_BUILD_SERVER=OFF",
+    "-DLLAMA_CURL=OFF",
+)
+
+# /proc/cpuinfo flag -> ggml option (x86); AMX deliberately absent
+X86_FLAGS = (
+    ("avx", "GGML_AVX"),
+    ("avx2", "GGML_AVX2"),
+    ("fma", "GGML_FMA"),
+    ("f16c", "GGML_F16C"),
+    ("bmi2", "GGML_BMI2"),
+    ("avx_vnni", "GGML_AVX_VNNI"),
+)
+X86_AVX512 = ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw")
+X86_AVX512_EXT = (("avx512_vnni", "GGML_AVX512_VNNI"), ("avx512_bf16", "GGML_AVX512_BF16"), ("avx512vbmi", "GGML_AVX512_VBMI"))
+
+
+class BuildError(RuntimeError):
+    """The patched llama-cpp-python could not be built or installed."""
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_cmake_args(cpu_flags: set[str] | None = None, machine: str | None = None) -> list[str]:
+    """CMake options for the CPU backend: explicit SIMD levels, never -march=native or AMX."""
+    machine = machine or platform.machine()
+    if machine not in ("x86_64", "AMD64", "i686"):
+        # the AMX crash is x86-only; elsewhere ggml's native detection is the sensible default
+        return []
+    flags = _cpu_flags() if cpu_flags is None else cpu_flags
+    args = ["-DGGML_NATIVE=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
+    for flag, opt in X86_FLAGS:
+        args.append(f"-D{opt}={'ON' if flag in flags else 'OFF'}")
+    has_avx512 = all(f in flags for f in X86_AVX512)
+    args.append(f"-DGGML_AVX512={'ON' if has_avx512 else 'OFF'}")
+    for flag, opt in X86_AVX512_EXT:
+        args.append(f"-D{opt}={'ON' if has_avx512 and flag in flags else 'OFF'}")
+    return args
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    cuda: bool = False
+    cuda_archs: str = "80;90"
+    jobs: int = 0
+
+    def cmake_args(self) -> list[str]:
+        args = [*BASE_CMAKE_ARGS, *cpu_cmake_args()]
+        if self.cuda:
+            args += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={self.cuda_archs}"]
+        return args
+
+
+def patch_files() -> list[Path]:
+    """The patch series, in order (file names start with their position)."""
+    patches = sorted(PATCHES_DIR.glob("*.patch"))
+    if not patches:
+        raise BuildError(f"no patches in {PATCHES_DIR}")
+    return patches
+
+
+def native_files(cfg: BuildConfig) -> list[Path]:
+    names = list(NATIVE_CPU_SOURCES) + (list(NATIVE_CUDA_SOURCES) if cfg.cuda else [])
+    missing = [n for n in names if not (NATIVE_DIR / n).is_file()]
+    if missing:
+        raise BuildError(f"native sources missing: {', '.join(missing)}")
+    return [NATIVE_DIR / n for n in names]
+
+
+def build_key(cfg: BuildConfig) -> str:
+    """Hash of every input of the wheel: a different key means a different build."""
+    h = hashlib.sha256()
+    h.update(f"recipe={BUILD_RECIPE}\nsdist={SDIST_SHA256}\n".encode())
+    h.update(("cmake=" + " ".join(cfg.cmake_args()) + "\n").encode())
+    h.update(f"platform={sys.platform}-{platform.machine()}\n".encode())
+    for path in [*patch_files(), *native_files(cfg)]:
+        h.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\n")
+        h.update(hashlib.sha256(path.read_bytes()).hexdigest().encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def installed_key() -> str | None:
+    """The build key of the installed llama_cpp, if it is one of ours."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        v = version("llama_cpp_python")
+    except PackageNotFoundError:
+        return None
+    _, _, local = v.partition("+")
+    return local[len("ahn."):] if local.startswith("ahn.") else None
+
+
+def _run(cmd: list[str], cwd: Path | None = None, env: dict | None = None, log: Path | None = None) -> None:
+    print("+ " + " ".join(cmd), flush=True)
+    if log is None:
+        proc = subprocess.run(cmd, cwd=cwd, env=env)
+    else:
+        with open(log, "w") as out:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                out.write(line)
+                _progress(line)
+            proc.wait()
+    if proc.returncode != 0:
+        tail = ""
+        if log is not None and log.is_file():
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+        raise BuildError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
+
+
+def _progress(line: str) -> None:
+    """Echo ninja's [n/N] progress lines on one terminal line, errors in full."""
+    s = line.rstrip()
+    if s.startswith("[") and "/" in s.split("]")[0]:
+        msg = s[:110]
+        if sys.stderr.isatty():
+            print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
+        elif s.split("]")[0].endswith("0"):  # every tenth line on a log
+            print(msg, file=sys.stderr, flush=True)
+    elif "error" in s.lower() and "werror" not in s.lower():
+        print(s, file=sys.stderr, flush=True)
+
+
+def prepare_source(dest: Path, cfg: BuildConfig, key: str) -> Path:
+    """Unpack the sdist into dest, apply the patches in order, copy native/ in; returns the source root."""
+    with tarfile.open(sdist_path()) as tf:
+        tf.extractall(dest, filter="data") if hasattr(tarfile, "data_filter") else tf.extractall(dest)
+    src = dest / SDIST_ROOT
+    vendor_git = src / "vendor" / "llama.cpp" / ".git"
+    if vendor_git.is_file():
+        vendor_git.unlink()  # a submodule pointer to a .git that the sdist does not ship
+
+    for patch in patch_files():
+        # --check first, so a patch that does not apply leaves a clear message, not a half tree
+        for check in (True, False):
+            cmd = ["git", "apply", "-p1", "--whitespace=nowarn"] + (["--check"] if check else []) + [str(patch)]
+            proc = subprocess.run(cmd, cwd=src, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise BuildError(f"patch {patch.name} does not apply to llama-cpp-python {SDIST_ROOT}:\n{proc.stderr}")
+
+    ggml_src = src / "vendor" / "llama.cpp" / "ggml" / "src"
+    for path in native_files(cfg):
+        target = ggml_src / ("ggml-cuda" if path.suffix == ".cuh" else "ggml-cpu") / "ahn" / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    if cfg.cuda:
+        # the CUDA glue includes the C header beside the kernels
+        shutil.copy2(NATIVE_DIR / "ahn_memory.h", ggml_src / "ggml-cuda" / "ahn" / "ahn_memory.h")
+
+    # the key in the version marks the installed package as this exact build
+    init = src / "llama_cpp" / "__init__.py"
+    text = init.read_text()
+    version_line = next(line for line in text.splitlines() if line.startswith("__version__"))
+    base_version = version_line.split("=", 1)[1].strip().strip("\"'")
+    init.write_text(text.replace(version_line, f'__version__ = "{base_version}+ahn.{key}"'))
+    return src
+
+
+def build_wheel(cfg: BuildConfig, key: str, out_dir: Path) -> Path:
+    """Build the wheel into out_dir (atomically: a failed build leaves nothing there)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ahn-build-", dir=out_dir.parent) as tmp:
+        tmp = Path(tmp)
+        src = prepare_source(tmp / "src", cfg, key)
+        env = dict(os.environ)
+        env["CMAKE_ARGS"] = " ".join(cfg.cmake_args())
+        env["CMAKE_BUILD_PARALLEL_LEVEL"] = str(cfg.jobs or os.cpu_count() or 2)
+        log = tmp / "build.log"
+        print(f"building llama-cpp-python with the AHN patches (key {key}); this takes several minutes", flush=True)
+        print(f"CMAKE_ARGS={env['CMAKE_ARGS']}", flush=True)
+        _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+              "-w", str(tmp / "wheel"), str(src)], env=env, log=log)
+        wheels = list((tmp / "wheel").glob("*.whl"))
+        if len(wheels) != 1:
+            raise BuildError(f"expected one wheel, found {wheels}")
+        staged = tmp / "staged"
+        staged.mkdir()
+        shutil.move(str(wheels[0]), staged / wheels[0].name)
+        shutil.copy2(log, staged / "build.log")
+        (staged / "build.json").write_text(json.dumps({"key": key, "cmake_args": cfg.cmake_args()}, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staged, out_dir)
+    return next(out_dir.glob("*.whl"))
+
+
+def ensure_built(cfg: BuildConfig, force: bool = False) -> Path:
+    """The cached wheel for cfg, building it if needed."""
+    key = build_key(cfg)
+    out_dir = cache_dir() / "llama-cpp-python" / key
+    wheels = list(out_dir.glob("*.whl")) if out_dir.is_dir() else []
+    if wheels and not force:
+        return wheels[0]
+    return build_wheel(cfg, key, out_dir)
+
+
+def install(cfg: BuildConfig, force: bool = False) -> str:
+    """Build (or reuse) and install the patched llama-cpp-python; returns the build key."""
+    key = build_key(cfg)
+    if not force and installed_key() == key:
+        print(f"patched llama-cpp-python already installed (key {key})")
+        return key
+    wheel = ensure_built(cfg, force=force)
+    _run([sys.executable, "-m", "pip", "install", "--no-deps", "--force-reinstall", str(wheel)])
+    print(f"installed {wheel.name} (key {key})")
+    return key
+
+
+# --- developer helpers: a git tree to edit the patches in, and re-export them ----------------
+
+
+def make_dev_tree(dest: Path) -> None:
+    """A git repository of the sdist with one commit per patch, for editing the series."""
+    if dest.exists():
+        raise BuildError(f"{dest} exists")
+    dest.mkdir(parents=True)
+    with tarfile.open(sdist_path()) as tf:
+        tf.extractall(dest / ".x")
+    shutil.move(str(dest / ".x" / SDIST_ROOT), dest / "sdist")
+    shutil.rmtree(dest / ".x")
+    repo = dest / "sdist"
+    (repo / "vendor" / "llama.cpp" / ".git").unlink(missing_ok=True)
+    shutil.rmtree(repo / ".git", ignore_errors=True)
+    git = ["git", "-c", "user.name=ahn-gguf", "-c", "user.email=dev@ahn-gguf.local"]
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*git, "add", "-A", "-f"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", f"pristine {SDIST_ROOT}"], cwd=repo, check=True)
+    for patch in patch_files():
+        subprocess.run([*git, "am", "-q", "--keep-cr", str(patch)], cwd=repo, check=True)
+    print(f"dev tree at {repo}: edit, commit (one commit per patch), then `ahn-gguf build --export-patches {repo}`")
+
+
+def export_patches(repo: Path) -> None:
+    """Write the commits after the pristine one as patches/NNNN-*.patch (replacing the series)."""
+    root = subprocess.run(["git", "rev-list", "--max-parents=0", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.split()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["git", "format-patch", "-q", "--no-signature", "--zero-commit", "-o", tmp, f"{root}..HEAD"], cwd=repo, check=True)
+        new = sorted(Path(tmp).glob("*.patch"))
+        if not new:
+            raise BuildError("no commits after the pristine sdist")
+        for old in PATCHES_DIR.glob("*.patch"):
+            old.unlink()
+        for p in new:
+            shutil.copy2(p, PATCHES_DIR / p.name)
+    print(f"exported {len(new)} patches to {PATCHES_DIR}")
+
+
+# --- CLI ---------------------------------------------------------------------------------
+
+
+def register(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=(
+            "Build llama-cpp-python 0.3.36 from its sdist with the AHN patches (patches/) and "
+            "kernels (native/), and install it into this Python as `llama_cpp`. The wheel is "
+            "cached by a hash of its inputs; an unchanged install is left as is."
+        ),
+        epilog="examples:\n  ahn-gguf build\n  ahn-gguf build --cuda --cuda-archs 89\n  ahn-gguf build --print-key",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--cuda", action="store_true", help="also build the CUDA backend (GGML_CUDA=ON; needs nvcc)")
+    p.add_argument("--cuda-archs", default="80;90", help="CMAKE_CUDA_ARCHITECTURES for --cuda (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=0, help="parallel compile jobs (default: all cores)")
+    p.add_argument("--force", action="store_true", help="rebuild and reinstall even if cached/installed")
+    p.add_argument("--wheel-only", action="store_true", help="build (or find) the cached wheel, print its path, do not install")
+    p.add_argument("--print-key", action="store_true", help="print the build key of this checkout and exit")
+    p.add_argument("--dev-tree", metavar="DIR", type=Path, help="developers: create a git tree of the patched sdist in DIR")
+    p.add_argument("--export-patches", metavar="REPO", type=Path, help="developers: write REPO's commits back to patches/")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    cfg = BuildConfig(cuda=args.cuda, cuda_archs=args.cuda_archs, jobs=args.jobs)
+    if args.dev_tree:
+        make_dev_tree(args.dev_tree)
+        return 0
+    if args.export_patches:
+        export_patches(args.export_patches)
+        return 0
+    if args.print_key:
+        print(build_key(cfg))
+        return 0
+    if args.wheel_only:
+        print(ensure_built(cfg, force=args.force))
+        return 0
+    install(cfg, force=args.force)
+    return 0

@@ -1,0 +1,70 @@
+"""`ahn-gguf` command line: one subcommand per user task.
+
+Each subcommand lives in its own module, which exposes `register(subparsers)`; the
+module is imported only when listed here, so `ahn-gguf --help` stays fast and a
+missing optional dependency (torch) only affects the commands that need it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (subcommand, module, one-line help) — the module's register() adds the parser
+SUBCOMMANDS = [
+    ("build", "ahn_gguf.build", "build and install the patched llama-cpp-python (cached)"),
+    ("convert", "ahn_gguf.convert.cli", "Hugging Face base + AHN checkpoint -> GGUF"),
+    ("attach", "ahn_gguf.convert.cli", "merge an AHN sidecar GGUF into a base GGUF"),
+    ("run", "ahn_gguf.run_cli", "generate from a prompt (default: the embedded SmolLM2 + AHN)"),
+    ("chat", "ahn_gguf.chat", "interactive chat in the terminal"),
+    ("serve", "ahn_gguf.serve", "OpenAI-compatible server"),
+    ("distill", "ahn_gguf.distill.cli", "self-distil an AHN into a base model"),
+    ("eval", "ahn_gguf.evaluate", "long-context perplexity and retrieval evaluation"),
+    ("bench", "ahn_gguf.bench.cli", "benchmarks (op, runtime)"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ahn-gguf",
+        description="Artificial Hippocampus Networks for llama.cpp / GGUF: constant-memory long context.",
+    )
+    from ahn_gguf import __version__
+
+    parser.add_argument("--version", action="version", version=f"ahn-gguf {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    registered = set()
+    for name, module, help_text in SUBCOMMANDS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("ahn_gguf"):
+                continue  # subcommand not built yet in this checkout
+            raise
+        if (module, name) in registered:
+            continue
+        mod.register(sub, name=name, help_text=help_text)
+        registered.add((module, name))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+        # user-facing errors carry their own message; no traceback for them
+        print(f"ahn-gguf {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

