@@ -167,6 +167,7 @@ def _run(cmd: list[str], cwd: Path | None = None, env: dict | None = None, log: 
             assert proc.stdout is not None
             for line in proc.stdout:
                 out.write(line)
+                out.flush()
                 _progress(line)
             proc.wait()
     if proc.returncode != 0:
@@ -206,14 +207,15 @@ def prepare_source(dest: Path, cfg: BuildConfig, key: str) -> Path:
             if proc.returncode != 0:
                 raise BuildError(f"patch {patch.name} does not apply to llama-cpp-python {SDIST_ROOT}:\n{proc.stderr}")
 
+    # native/ keeps its layout under ggml-cpu/ahn/ (C kernels) and ggml-cuda/ahn/ (the CUDA kernels
+    # include "../ahn_memory.h"); the patches' CMake and includes expect exactly these places
     ggml_src = src / "vendor" / "llama.cpp" / "ggml" / "src"
     for path in native_files(cfg):
-        target = ggml_src / ("ggml-cuda" if path.suffix == ".cuh" else "ggml-cpu") / "ahn" / path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
-    if cfg.cuda:
-        # the CUDA glue includes the C header beside the kernels
-        shutil.copy2(NATIVE_DIR / "ahn_memory.h", ggml_src / "ggml-cuda" / "ahn" / "ahn_memory.h")
+        rel = path.relative_to(NATIVE_DIR)
+        backend = "ggml-cuda" if rel.parts[0] == "cuda" else "ggml-cpu"
+        for target in [ggml_src / backend / "ahn" / rel] + ([ggml_src / "ggml-cuda" / "ahn" / rel] if cfg.cuda and rel.name == "ahn_memory.h" else []):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
 
     # the key in the version marks the installed package as this exact build
     init = src / "llama_cpp" / "__init__.py"

@@ -1,0 +1,230 @@
+"""`ahn-gguf chat`: an interactive terminal chat with an AHN model.
+
+Each turn only the new tokens are evaluated: the conversation is a growing token transcript,
+and a turn appends the text that the chat template adds for it (end of the previous reply,
+the user's message, the start of the reply). Nothing is re-tokenized or re-evaluated, and
+the AHN memory carries whatever has left the window. Commands: /reset, /save FILE,
+/load FILE, /status, /help, /quit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import pickle
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ahn_gguf.errors import AHNError
+
+STATE_MAGIC = "ahn-gguf-chat-state/1"
+
+HELP = """commands:
+  /reset        forget the conversation (and the AHN memory)
+  /save FILE    save the session (conversation and model state) to FILE
+  /load FILE    load a session saved with /save (same model file and window)
+  /status       show the context position and the memory by part
+  /help         this help
+  /quit         leave (Ctrl-D too)"""
+
+
+class ChatStateError(AHNError, ValueError):
+    """A saved session that cannot be loaded into this chat."""
+
+
+def model_fingerprint(path: str) -> str:
+    """Identity of a model file for saved sessions: size + hash of its first and last MiB."""
+    st = os.stat(path)
+    h = hashlib.sha256(str(st.st_size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, st.st_size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()
+
+
+@dataclass
+class ChatSession:
+    """A conversation over one llama context: messages, the text fed so far, eval counters."""
+
+    llm: object
+    system: str | None = None
+    messages: list = field(default_factory=list)
+    fed_text: str = ""            # the rendered conversation as fed to the model so far
+    last_prompt_tokens: int = 0   # prompt tokens evaluated for the last turn
+
+    def __post_init__(self):
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise AHNError("the model has no chat template (tokenizer.chat_template)")
+        tok = lambda t: self.llm.detokenize([t], special=True).decode(errors="ignore")  # noqa: E731
+        self._fmt = Jinja2ChatFormatter(template, eos_token=tok(self.llm.token_eos()), bos_token=tok(self.llm.token_bos()))
+
+    def _render(self, messages) -> str:
+        msgs = ([{"role": "system", "content": self.system}] if self.system else []) + messages
+        return self._fmt(messages=msgs).prompt
+
+    def reset(self) -> None:
+        self.messages.clear()
+        self.fed_text = ""
+        self.llm.reset()
+
+    def turn(self, user_text: str, max_tokens: int, temp: float, out) -> str:
+        """Add a user message, stream the reply to `out`, return it."""
+        messages = self.messages + [{"role": "user", "content": user_text}]
+        rendered = self._render(messages)
+        if rendered.startswith(self.fed_text):
+            delta_text = rendered[len(self.fed_text):]
+            tokens = list(self.llm._input_ids) if self.fed_text else []
+        else:
+            # the template rewrote earlier turns: the memory cannot be rolled back, start over
+            self.llm.reset()
+            delta_text, tokens = rendered, []
+        new = self.llm.tokenize(delta_text.encode(), add_bos=not tokens, special=True)
+        tokens = tokens + new
+        if len(tokens) + max_tokens > self.llm.n_ctx():
+            raise AHNError(f"the conversation ({len(tokens)} tokens) + {max_tokens} would pass n_ctx = {self.llm.n_ctx()}; /reset or raise --n-ctx")
+
+        n_before = self.llm.n_tokens
+        self.last_prompt_tokens = len(tokens) - n_before
+        reply_tokens = []
+        import llama_cpp
+
+        # generate() reuses the evaluated prefix (our transcript) and evaluates only the new tokens
+        for t in self.llm.generate(tokens, temp=temp, top_k=1 if temp == 0 else 40, reset=True):
+            if llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, t) or len(reply_tokens) >= max_tokens:
+                break
+            reply_tokens.append(t)
+            out.write(self.llm.detokenize([t]).decode(errors="ignore"))
+            out.flush()
+        reply = self.llm.detokenize(reply_tokens).decode(errors="ignore")
+        self.messages = messages + [{"role": "assistant", "content": reply}]
+        self.fed_text = rendered + reply
+        return reply
+
+    def status(self) -> str:
+        line = f"[position {self.llm.n_tokens}/{self.llm.n_ctx()}, last turn evaluated {self.last_prompt_tokens} prompt tokens"
+        mem = self.llm.ahn_memory()
+        if mem is not None:
+            kib = 1 / 1024
+            line += (f"; memory: window {mem.window_bytes * kib:.0f} KiB, sinks {mem.sink_bytes * kib:.0f} KiB, "
+                     f"gates {mem.gate_bytes * kib:.0f} KiB, state {mem.state_bytes * kib:.0f} KiB")
+        return line + "]"
+
+    def save(self, path: Path) -> None:
+        state = self.llm.save_state()
+        blob = {
+            "magic": STATE_MAGIC,
+            "model": model_fingerprint(self.llm.model_path),
+            "ahn": (self.llm.ahn_variant, self.llm.ahn_window, self.llm.ahn_sinks),
+            "system": self.system,
+            "messages": self.messages,
+            "fed_text": self.fed_text,
+            "llama_state": state,
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump(blob, f)
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> None:
+        try:
+            with open(path, "rb") as f:
+                blob = pickle.load(f)
+        except FileNotFoundError:
+            raise ChatStateError(f"no such session file: {path}") from None
+        except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a session file"
+            raise ChatStateError(f"{path} is not an ahn-gguf chat session ({type(e).__name__}: {e})") from None
+        if not isinstance(blob, dict) or blob.get("magic") != STATE_MAGIC:
+            raise ChatStateError(f"{path} is not an ahn-gguf chat session")
+        if blob["model"] != model_fingerprint(self.llm.model_path):
+            raise ChatStateError(f"{path} was saved with another model file; load it with the model it was saved with")
+        if tuple(blob["ahn"]) != (self.llm.ahn_variant, self.llm.ahn_window, self.llm.ahn_sinks):
+            raise ChatStateError(f"{path} was saved with AHN settings {tuple(blob['ahn'])}, this chat runs {(self.llm.ahn_variant, self.llm.ahn_window, self.llm.ahn_sinks)}")
+        self.llm.load_state(blob["llama_state"])
+        self.system = blob["system"]
+        self.messages = blob["messages"]
+        self.fed_text = blob["fed_text"]
+
+
+def register(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description="Chat in the terminal with an AHN model; each turn evaluates only its new tokens.\n\n" + HELP,
+        epilog="examples:\n  ahn-gguf chat\n  ahn-gguf chat model.gguf --window 2048 --sinks 64 --threads 4",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", nargs="?", help="AHN GGUF (default: the embedded SmolLM2 + AHN)")
+    p.add_argument("--window", type=int, help="AHN window W (default: from the GGUF)")
+    p.add_argument("--sinks", type=int, help="AHN sink tokens S (default: from the GGUF)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU (CUDA builds)")
+    p.add_argument("--n-ctx", type=int, default=65536, help="position limit of the conversation; costs no memory with an AHN (default: %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=256, help="longest reply (default: %(default)s)")
+    p.add_argument("--temp", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
+    p.add_argument("--system", help="system prompt")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from ahn_gguf.runtime import Llama
+
+    llm = Llama(args.model, ahn_window=args.window, ahn_sinks=args.sinks, n_ctx=args.n_ctx, n_batch=512,
+                n_threads=args.threads, n_gpu_layers=args.n_gpu_layers, verbose=False)
+    chat = ChatSession(llm, system=args.system)
+    print(f"ahn-gguf chat: {llm.model_path}")
+    if llm.has_ahn:
+        print(f"AHN {llm.ahn_variant}: window {llm.ahn_window}, sinks {llm.ahn_sinks}. Type /help for commands.")
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            print()
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            if text.startswith("/"):
+                cmd, _, arg = text.partition(" ")
+                arg = arg.strip()
+                if cmd in ("/quit", "/exit"):
+                    return 0
+                elif cmd == "/help":
+                    print(HELP)
+                elif cmd == "/reset":
+                    chat.reset()
+                    print("[conversation and memory cleared]")
+                elif cmd == "/status":
+                    print(chat.status())
+                elif cmd == "/save":
+                    if not arg:
+                        raise AHNError("usage: /save FILE")
+                    chat.save(Path(arg))
+                    print(f"[saved to {arg}]")
+                elif cmd == "/load":
+                    if not arg:
+                        raise AHNError("usage: /load FILE")
+                    chat.load(Path(arg))
+                    print(f"[loaded {arg}: {len(chat.messages)} messages, position {llm.n_tokens}]")
+                else:
+                    raise AHNError(f"unknown command {cmd}; /help lists them")
+                continue
+            t0 = time.perf_counter()
+            chat.turn(text, args.max_tokens, args.temp, sys.stdout)
+            dt = time.perf_counter() - t0
+            print()
+            print(chat.status()[:-1] + f", {dt:.1f} s]")
+        except AHNError as e:
+            print(f"error: {e}")
+        except KeyboardInterrupt:
+            print("\n[interrupted]")
