@@ -54,8 +54,6 @@ from .gguf_io import KV, VT, GGUFContents, TensorEntry, gguf
 
 log = logging.getLogger("ahn_gguf.convert")
 
-# HF architecture class per base family (the converter supports exactly these two)
-HF_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
 
 # larger than any context a GGUF runtime can hold; a value beyond is a typo, not a setting
 MAX_WINDOW = 1 << 24
@@ -158,8 +156,10 @@ class AHNPayload:
             base_cfg = read_config(base_dir) if base_dir is not None else ahn_cfg
         except (AHNConfigError, json.JSONDecodeError) as e:
             raise ConversionError(str(e)) from None
-        for cfg, folder in ((base_cfg, base_dir or ahn_dir), (ahn_cfg, ahn_dir)):
-            check_architecture(cfg, folder)
+        if base_dir is not None:
+            check_architecture(base_cfg, base_dir)
+        # an AHN config is "base config + AHN keys": its model_type must be the base's (checked by
+        # the reference below); its `architectures` list is not relied upon
         if HF_AHN_IMPLEMENTATION not in ahn_cfg:
             what = "the folder" if merged else "the AHN checkpoint"
             raise ConversionError(
@@ -203,8 +203,7 @@ class AHNPayload:
             raise ConversionError(str(e)) from None
 
         variant, H, D, d = cfg.ahn_variant, cfg.num_attention_heads, cfg.hidden_size, cfg.head_dim
-        base = BaseShape(HF_ARCHITECTURES[base_cfg["architectures"][0]], cfg.num_hidden_layers, D, H,
-                         cfg.num_key_value_heads, d)
+        base = BaseShape(cfg.family, cfg.num_hidden_layers, D, H, cfg.num_key_value_heads, d)
         tensors, dropped, count = {}, [], 0
         for bid in cfg.ahn_layer_ids:
             prefix = HF_AHN_PREFIX.format(bid=bid)
@@ -221,7 +220,7 @@ class AHNPayload:
             for name in AHN_UNUSED_TENSORS[variant]:
                 if prefix + name in ahn_tensors:
                     dropped.append(prefix + name)
-                count += H  # present in every released checkpoint, counted in the published sizes
+                count += H  # H values per layer (GDN's D), counted as the published sizes count them
         if dropped:
             log.info("not written (unused by the AHN math, AHN-SPEC): %s", _names(dropped))
 
@@ -400,12 +399,20 @@ class AHNPayload:
         return contents
 
 
+def hf_architectures() -> dict[str, str]:
+    """{HF architecture class: model_type} of the bases the converter supports: the reference's families."""
+    from ahn_gguf.reference.config import FAMILIES
+
+    return {cls: model_type for model_type, cls in FAMILIES.items()}
+
+
 def check_architecture(cfg: dict, folder) -> None:
     archs = cfg.get("architectures") or []
-    if not archs or archs[0] not in HF_ARCHITECTURES or cfg.get("model_type") != HF_ARCHITECTURES[archs[0]]:
+    supported = hf_architectures()
+    if not archs or archs[0] not in supported or cfg.get("model_type") != supported[archs[0]]:
         raise ConversionError(
             f"unsupported base architecture in {folder}: architectures {archs or 'missing'}, model_type "
-            f"{cfg.get('model_type')!r}; ahn-gguf converts {' and '.join(HF_ARCHITECTURES)} bases")
+            f"{cfg.get('model_type')!r}; ahn-gguf converts {' and '.join(supported)} bases")
 
 
 def _training_text(cfg: dict, source: str) -> str:

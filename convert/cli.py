@@ -41,7 +41,8 @@ the AHN keys and tensors are added (F32 next to an all-F32 base, F16 otherwise).
 AHN is a sidecar made by `ahn-gguf convert --ahn-only`, or an AHN checkpoint folder / repo id.
 The AHN must have been made for this base (layers, hidden size, heads, head dim are checked).
 
-examples:
+examples (qwen2.5-3b-instruct-*.gguf: a GGUF of {BASE_ID}, e.g. made by llama.cpp's
+convert_hf_to_gguf.py and llama-quantize, or downloaded):
   ahn-gguf convert --ahn-only {AHN_ID} -o ahn-gdn-3b.gguf
   ahn-gguf attach qwen2.5-3b-instruct-q4_k_m.gguf ahn-gdn-3b.gguf -o qwen2.5-3b-ahn-gdn-q4_k_m.gguf
   ahn-gguf attach qwen2.5-3b-instruct-q8_0.gguf {AHN_ID} -o qwen2.5-3b-ahn-gdn-q8_0.gguf

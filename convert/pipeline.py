@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ahn_gguf.constants import ARCH_FOR_BASE, BASE_FOR_ARCH
 
-from .ahn import AHNPayload, BaseShape
+from .ahn import AHNPayload, BaseShape, check_window_sinks
 from .errors import ConversionError
 from .gguf_io import GGUFContents, KV, VT, check_output, gguf, read_gguf, removing, temp_path, write_gguf
 from .quantize import canonical_outtype, patched_llama_cpp, quantize
@@ -116,18 +116,22 @@ def convert(base: str, ahn: str | None, out: str | Path, *, outtype: str = "f16"
     f32, f16, bf16, q8_0 (the stock converter's), or any llama.cpp quantization type
     (q4_k_m, ...), made by llama.cpp's quantizer from the f16 conversion of the base.
     """
+    # cheap checks first: before any download
     outtype = canonical_outtype(outtype)
-    out = Path(out)
-    base_dir = resolve_checkpoint(base, "BASE")
-    ahn_dir = resolve_checkpoint(ahn, "AHN") if ahn is not None else base_dir
-    check_output(out, force=force, inputs=(base_dir, ahn_dir))
+    out = check_output(out, force=force, inputs=(base, ahn))
+    check_window_sinks(window, sinks)
     if outtype not in STOCK_OUTTYPES:
         patched_llama_cpp()
+    base_dir = resolve_checkpoint(base, "BASE")
+    ahn_dir = resolve_checkpoint(ahn, "AHN") if ahn is not None else base_dir
     payload = AHNPayload.from_hf(ahn_dir, base_dir=base_dir, window=window, sinks=sinks,
                                  source=ahn if ahn is not None else base, training=training)
+    payload.tensor_entries(f32=outtype == "f32")  # values beyond F16's range are refused here, not mid-write
     merged = ahn is None
     with inference_mode():
-        model = stock_model(base_dir, outtype if outtype in STOCK_OUTTYPES else "f16", out, skip_ahn=merged)
+        downloaded = not Path(base).expanduser().is_dir()
+        model = stock_model(base_dir, outtype if outtype in STOCK_OUTTYPES else "f16", out, skip_ahn=merged,
+                            model_name=base if downloaded else None)
         if outtype in STOCK_OUTTYPES:
             write_gguf(merge(stock_contents(model), payload, source_base=base), out, progress=progress)
         else:
@@ -144,9 +148,9 @@ def convert(base: str, ahn: str | None, out: str | Path, *, outtype: str = "f16"
 def convert_ahn_only(ahn: str, out: str | Path, *, window: int | None = None, sinks: int | None = None,
                      force: bool = False, training: str | None = None, progress: bool = True) -> Path:
     """AHN checkpoint (AHN-only or merged folder, or repo id) -> sidecar GGUF (arch `ahn`)."""
-    out = Path(out)
+    out = check_output(out, force=force, inputs=(ahn,))
+    check_window_sinks(window, sinks)
     ahn_dir = resolve_checkpoint(ahn, "AHN")
-    check_output(out, force=force, inputs=(ahn_dir,))
     payload = AHNPayload.from_hf(ahn_dir, window=window, sinks=sinks, source=ahn, training=training)
     write_gguf(payload.sidecar(), out, progress=progress)
     return _done(out, payload, "ahn sidecar")
@@ -168,11 +172,15 @@ def attach(base_gguf: str | Path, ahn: str, out: str | Path, *, window: int | No
     Every base tensor is copied with its bytes and type untouched. `ahn`: a sidecar GGUF, or an
     AHN checkpoint folder / repo id.
     """
-    base_path, out = Path(base_gguf).expanduser(), Path(out)
+    base_path = Path(base_gguf).expanduser()
     if not base_path.is_file():
         raise ConversionError(f"base GGUF {base_gguf}: no such file")
-    check_output(out, force=force, inputs=(base_path, Path(ahn)))
+    out = check_output(out, force=force, inputs=(base_path, ahn))
+    check_window_sinks(window, sinks)
     payload = load_payload(ahn, window=window, sinks=sinks)
     base = read_gguf(base_path)
+    if int(base.get(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, 1)) > 1:
+        raise ConversionError(f"{base_path} is one part of a split GGUF; merge the parts first "
+                              f"(llama-gguf-split --merge FIRST-PART.gguf merged.gguf)")
     write_gguf(merge(base, payload, source_base=source_base or base_path.name), out, progress=progress)
     return _done(out, payload, ARCH_FOR_BASE.get(base.arch, base.arch))

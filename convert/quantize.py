@@ -50,20 +50,14 @@ def canonical_outtype(name: str) -> str:
                           f"quantization type ({', '.join(sorted(quantizer_types()))})")
 
 
-BUILD_HINT = ("the patched llama-cpp-python (the `llama_cpp` module built by ahn-gguf) is not installed; "
-              "run `ahn-gguf build` first")
-
-
 def patched_llama_cpp():
     """The installed patched `llama_cpp` module, or ConversionError saying to run `ahn-gguf build`."""
     try:
-        import llama_cpp
-    except Exception as e:  # ImportError, or OSError from a libllama that fails to load
-        raise ConversionError(f"{BUILD_HINT} ({type(e).__name__}: {e})") from None
-    if not hasattr(llama_cpp, "llama_ahn_get_memory_info"):
-        raise ConversionError(f"the installed llama_cpp ({llama_cpp.__file__}) is a stock build without AHN support; "
-                              f"run `ahn-gguf build` to build and install the patched one")
-    return llama_cpp
+        from ahn_gguf.runtime import import_patched_llama_cpp  # imports llama_cpp itself
+
+        return import_patched_llama_cpp()
+    except Exception as e:  # ImportError (missing / stock build), OSError (libllama fails to load), ...
+        raise ConversionError(f"llama.cpp's quantizer is needed for this output type: {type(e).__name__}: {e}") from None
 
 
 def quantize(src: Path, dst: Path, outtype: str, *, threads: int = 0) -> None:

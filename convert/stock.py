@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ahn_gguf.sdist import extract_member, import_gguf_py
 
-from .ahn import HF_ARCHITECTURES
+from .ahn import hf_architectures
 from .errors import ConversionError
 from .gguf_io import KV, GGUFContents, TensorEntry
 
@@ -60,9 +60,9 @@ def model_class(base_dir: Path, skip_ahn: bool):
     conversion = conversion_package()
     hparams = conversion.ModelBase.load_hparams(Path(base_dir), False)
     hf_arch = conversion.get_model_architecture(hparams, conversion.ModelType.TEXT)
-    if hf_arch not in HF_ARCHITECTURES:
+    if hf_arch not in hf_architectures():
         raise ConversionError(f"unsupported base architecture {hf_arch!r} in {base_dir}; ahn-gguf converts "
-                              f"{' and '.join(HF_ARCHITECTURES)} bases")
+                              f"{' and '.join(hf_architectures())} bases")
     cls = conversion.get_model_class(hf_arch)
     if not skip_ahn:
         return cls
@@ -80,12 +80,18 @@ def model_class(base_dir: Path, skip_ahn: bool):
     return BaseOnly
 
 
-def stock_model(base_dir: Path, outtype: str, fname_out: Path, *, skip_ahn: bool = False):
-    """An instance of the stock model class, with convert_hf_to_gguf.main's default arguments."""
+def stock_model(base_dir: Path, outtype: str, fname_out: Path, *, skip_ahn: bool = False,
+                model_name: str | None = None):
+    """An instance of the stock model class, with convert_hf_to_gguf.main's default arguments.
+
+    `model_name`: its --model-name (general.name); a repo id for a hub download, as its --remote
+    names the model (the snapshot folder's name is a commit hash).
+    """
     gguf = import_gguf_py()
     cls = model_class(base_dir, skip_ahn)
     try:
-        return cls(Path(base_dir), gguf.LlamaFileType[STOCK_OUTTYPES[outtype]], Path(fname_out))
+        return cls(Path(base_dir), gguf.LlamaFileType[STOCK_OUTTYPES[outtype]], Path(fname_out),
+                   model_name=model_name)
     except (KeyError, ValueError, FileNotFoundError) as e:
         raise ConversionError(f"llama.cpp's converter cannot read {base_dir}: {e}") from e
 

@@ -116,10 +116,12 @@ class StockRuns:
     def __init__(self, jobs: dict):
         self.outs = {key: out for key, (_, _, out) in jobs.items()}
         argvs = [[str(folder), "--outfile", str(out), "--outtype", outtype] for folder, outtype, out in jobs.values()]
-        driver = ("import runpy, sys, json\n"
-                  "for argv in json.loads(sys.argv[2]):\n"
-                  "    sys.argv = [sys.argv[1]] + argv\n"
-                  "    runpy.run_path(sys.argv[0], run_name='__main__')\n")
+        driver = ("import json, os, runpy, sys\n"
+                  "script, jobs = sys.argv[1], json.loads(sys.argv[2])\n"
+                  "sys.path.insert(0, os.path.dirname(script))  # as `python script.py` sets it\n"
+                  "for argv in jobs:\n"
+                  "    sys.argv = [script] + argv\n"
+                  "    runpy.run_path(script, run_name='__main__')\n")
         script = str(script_path())
         self.proc = subprocess.Popen([sys.executable, "-c", driver, script, json.dumps(argvs)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -269,6 +271,11 @@ def test_base_and_metadata(fixtures_root, converted, stock, family, variant, out
     assert c.arch == arch and c.get(f"{arch}.block_count") == L and c.get(f"{arch}.embedding_length") == D
     assert "tokenizer.ggml.tokens" in c.kv and c.get("tokenizer.ggml.model") == "gpt2"
     assert c.get("tokenizer.chat_template"), "the chat template is carried over"
+    # the runtime's own pre-load check (metadata against tensors) accepts the file
+    from ahn_gguf.gguf_check import check_gguf_file
+
+    info = check_gguf_file(converted[family, variant, outtype])
+    assert (info.arch, info.ahn_variant, info.ahn_window) == (arch, variant, FIXTURE_WINDOW)
 
 
 def test_llama_qk_permuted_like_stock(fixtures_root, converted):

@@ -208,7 +208,8 @@ def test_tokenizer_multilingual_round_trip_and_chat_template(fixtures_root, fami
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(fixtures_root / base_folder(family))
-    text = "Hello, world! 12345 — Grüße aus München; нещо на Български; 你好，世界；こんにちは 🦙 (x+y)**2\n\tend"
+    text = ("Hello, world! 12345 — Grüße aus München; нещо на Български; "
+            "你好，世界；こんにちは 🦙 (x+y)**2\n\tend")
     ids = tok.encode(text, add_special_tokens=False)
     assert tok.decode(ids) == text
     assert len(text) / 6 < len(ids) < len(text)  # real BPE merges, not bytes and not words

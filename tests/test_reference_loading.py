@@ -10,7 +10,19 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ahn_gguf.constants import DN, GDN, HF_AHN_PREFIX, MAMBA2, VARIANTS
+from ahn_gguf.constants import (
+    DN,
+    GDN,
+    HF_AHN_IMPLEMENTATION,
+    HF_AHN_PREFIX,
+    HF_FA_LAYER_IDS,
+    HF_NUM_ATTN_SINKS,
+    HF_SLIDING_WINDOW,
+    HF_USE_AHN_ROUTER,
+    HF_USE_Q_PROJ,
+    MAMBA2,
+    VARIANTS,
+)
 from ahn_gguf.fixtures import FIXTURE_SINKS, FIXTURE_WINDOW, LLAMA_MERGED, ahn_folder, base_folder
 from ahn_gguf.reference import AHNConfigError, load_reference
 
@@ -89,17 +101,18 @@ def test_merged_sharded_folder_with_fa_layer(fixtures_root):
     assert [layer.ahn is None for layer in model.model.layers] == [False, True, False]
 
 
-def test_unused_gdn_D_is_accepted_and_ignored(fixtures_root, tmp_path, qwen2):
+def test_unused_gdn_D_is_accepted_and_ignored(fixtures_root, tmp_path):
+    base, ahn = fixtures_root / base_folder("llama"), fixtures_root / ahn_folder("llama", GDN)
     ids = torch.randint(0, 1000, (1, 60), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        want = load_reference(qwen2, fixtures_root / ahn_folder("qwen2", GDN), window=8, sinks=2)(ids)
-    changed = copy_folder(fixtures_root / ahn_folder("qwen2", GDN), tmp_path / "changed")
+        want = load_reference(base, ahn, window=8, sinks=2)(ids)
+    changed = copy_folder(ahn, tmp_path / "changed")
     edit_tensors(changed, lambda t: t.update({k: v * 0 - 5 for k, v in t.items() if k.endswith(".D")}))
-    absent = copy_folder(fixtures_root / ahn_folder("qwen2", GDN), tmp_path / "absent")
+    absent = copy_folder(ahn, tmp_path / "absent")
     edit_tensors(absent, lambda t: [t.pop(k) for k in list(t) if k.endswith(".D")])
     for folder in (changed, absent):
         with torch.no_grad():
-            assert torch.equal(load_reference(qwen2, folder, window=8, sinks=2)(ids), want)
+            assert torch.equal(load_reference(base, folder, window=8, sinks=2)(ids), want)
 
 
 # --- what is refused, and what it says ----------------------------------------------------------
@@ -120,13 +133,13 @@ def test_error_mismatched_base_shape(tmp_path, fixtures_root, qwen2):
 
 
 def test_error_unknown_variant(gdn_copy, qwen2):
-    edit_config(gdn_copy, _ahn_implementation="RetNet")
+    edit_config(gdn_copy, **{HF_AHN_IMPLEMENTATION: "RetNet"})
     with pytest.raises(AHNConfigError, match=r"unknown AHN variant 'RetNet' \(config key _ahn_implementation\)"):
         load_reference(qwen2, gdn_copy)
 
 
 def test_error_not_an_ahn_checkpoint(gdn_copy, qwen2):
-    edit_config(gdn_copy, _ahn_implementation=None)
+    edit_config(gdn_copy, **{HF_AHN_IMPLEMENTATION: None})
     with pytest.raises(AHNConfigError, match="has no '_ahn_implementation' key"):
         load_reference(qwen2, gdn_copy)
 
@@ -155,18 +168,18 @@ def test_error_unexpected_extra_ahn_tensor(gdn_copy, qwen2):
 def test_error_tensors_of_another_variant(tmp_path, fixtures_root, qwen2):
     # a DN config over GDN tensors: the GDN-only tensors are unexpected
     ahn = copy_folder(fixtures_root / ahn_folder("qwen2", GDN), tmp_path / "ahn")
-    edit_config(ahn, _ahn_implementation=DN)
+    edit_config(ahn, **{HF_AHN_IMPLEMENTATION: DN})
     with pytest.raises(AHNConfigError, match=r"unexpected AHN tensors for variant DeltaNet .*A_log"):
         load_reference(qwen2, ahn)
 
 
 def test_error_ahn_tensors_in_a_full_attention_layer(gdn_copy, qwen2):
-    edit_config(gdn_copy, fa_layer_ids="1")
+    edit_config(gdn_copy, **{HF_FA_LAYER_IDS: "1"})
     with pytest.raises(AHNConfigError, match=r"unexpected AHN tensors .*fa_layer_ids \[1\]: model\.layers\.1\.ahn"):
         load_reference(qwen2, gdn_copy)
 
 
-@pytest.mark.parametrize("key", ["use_ahn_router", "use_q_proj"])
+@pytest.mark.parametrize("key", [HF_USE_AHN_ROUTER, HF_USE_Q_PROJ])
 def test_error_unsupported_flags(gdn_copy, qwen2, key):
     edit_config(gdn_copy, **{key: True})
     with pytest.raises(AHNConfigError, match=f"sets {key}: True"):
@@ -177,7 +190,7 @@ def test_error_unsupported_flags(gdn_copy, qwen2, key):
 def test_error_window_not_positive(fixtures_root, gdn_copy, qwen2, window):
     with pytest.raises(AHNConfigError, match=rf"window W must be a positive integer .*got {window}"):
         load_reference(qwen2, fixtures_root / ahn_folder("qwen2", GDN), window=window)
-    edit_config(gdn_copy, sliding_window=window)
+    edit_config(gdn_copy, **{HF_SLIDING_WINDOW: window})
     with pytest.raises(AHNConfigError, match=rf"window W must be a positive integer .*got {window}"):
         load_reference(qwen2, gdn_copy)
 
@@ -185,13 +198,13 @@ def test_error_window_not_positive(fixtures_root, gdn_copy, qwen2, window):
 def test_error_negative_sinks(fixtures_root, gdn_copy, qwen2):
     with pytest.raises(AHNConfigError, match=r"sinks S must be an integer >= 0; got -1"):
         load_reference(qwen2, fixtures_root / ahn_folder("qwen2", MAMBA2), sinks=-1)
-    edit_config(gdn_copy, num_attn_sinks=-2)
+    edit_config(gdn_copy, **{HF_NUM_ATTN_SINKS: -2})
     with pytest.raises(AHNConfigError, match=r"sinks S must be an integer >= 0; got -2"):
         load_reference(qwen2, gdn_copy)
 
 
 def test_error_no_window_anywhere(gdn_copy, qwen2):
-    edit_config(gdn_copy, sliding_window=None)
+    edit_config(gdn_copy, **{HF_SLIDING_WINDOW: None})
     with pytest.raises(AHNConfigError, match="no window W for the AHN"):
         load_reference(qwen2, gdn_copy)
 
@@ -213,10 +226,10 @@ def test_error_rope_scaling(tmp_path, fixtures_root):
 
 
 def test_error_bad_fa_layer_ids(gdn_copy, qwen2):
-    edit_config(gdn_copy, fa_layer_ids="0,7")
+    edit_config(gdn_copy, **{HF_FA_LAYER_IDS: "0,7"})
     with pytest.raises(AHNConfigError, match=r"fa_layer_ids \[0, 7\]: layer ids \[7\] are outside 0\.\.1"):
         load_reference(qwen2, gdn_copy)
-    edit_config(gdn_copy, fa_layer_ids="one")
+    edit_config(gdn_copy, **{HF_FA_LAYER_IDS: "one"})
     with pytest.raises(AHNConfigError, match="not a comma-separated list of layer ids"):
         load_reference(qwen2, gdn_copy)
 
@@ -228,7 +241,7 @@ def test_error_ahn_folder_with_base_tensors(fixtures_root, qwen2):
 
 def test_error_ahn_tensors_without_ahn_config(tmp_path, fixtures_root):
     merged = copy_folder(fixtures_root / LLAMA_MERGED, tmp_path / "merged")
-    edit_config(merged, _ahn_implementation=None)
+    edit_config(merged, **{HF_AHN_IMPLEMENTATION: None})
     with pytest.raises(AHNConfigError, match="holds AHN tensors but its config has no '_ahn_implementation'"):
         load_reference(merged)
 

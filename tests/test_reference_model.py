@@ -101,7 +101,7 @@ def test_continue_after_mid_window_boundary(fixtures_root, variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_batch_equals_single_sequences(fixtures_root, variant):
-    model = load(fixtures_root, "qwen2", variant, window=W_TEST, sinks=2)
+    model = load(fixtures_root, "llama", variant, window=W_TEST, sinks=2)
     ids = token_ids(model.config.vocab_size, 60, B=2, seed=9)
     with torch.no_grad():
         both = model(ids)
@@ -113,7 +113,7 @@ def test_batch_equals_single_sequences(fixtures_root, variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_zero_o_proj_equals_window_exactly(fixtures_root, variant):
-    model = load(fixtures_root, "qwen2", variant, window=W_TEST, sinks=3)
+    model = load(fixtures_root, "llama", variant, window=W_TEST, sinks=3)
     with torch.no_grad():
         for layer in model.model.layers:
             layer.ahn.fn.o_proj.weight.zero_()
@@ -253,7 +253,7 @@ def test_fa_layer_keeps_full_attention_and_has_no_ahn(fixtures_root):
 
 def test_cache_stays_bounded(fixtures_root):
     S = 4
-    model = load(fixtures_root, "qwen2", GDN, window=W_TEST, sinks=S)
+    model = load(fixtures_root, "llama", GDN, window=W_TEST, sinks=S)
     cache = model.new_cache()
     ids = token_ids(model.config.vocab_size, 150, seed=8)
     for pos in range(0, 150, 7):
@@ -302,9 +302,9 @@ def test_per_call_window_and_sinks_override(fixtures_root):
 
 
 def test_bfloat16_model_tracks_float32(fixtures_root):
-    ids = token_ids(151936, 64, seed=11)
-    f32 = load(fixtures_root, "qwen2", GDN, window=W_TEST, sinks=2)
-    bf16 = load(fixtures_root, "qwen2", GDN, window=W_TEST, sinks=2, dtype=torch.bfloat16)
+    ids = token_ids(49152, 64, seed=11)
+    f32 = load(fixtures_root, "llama", GDN, window=W_TEST, sinks=2)
+    bf16 = load(fixtures_root, "llama", GDN, window=W_TEST, sinks=2, dtype=torch.bfloat16)
     with torch.no_grad():
         a, b = f32(ids), bf16(ids)
     assert b.dtype == torch.bfloat16

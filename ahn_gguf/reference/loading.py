@@ -89,7 +89,8 @@ def check_tensors(model: ReferenceModel, tensors: dict[str, torch.Tensor]) -> No
     ahn_expected = {k for k in expected if is_ahn_key(k)}
     if ahn_found and cfg.ahn_variant is None:
         raise AHNConfigError(
-            f"the checkpoint holds AHN tensors but its config has no {HF_AHN_IMPLEMENTATION!r}: {_names(sorted(ahn_found))}")
+            f"the checkpoint holds AHN tensors but its config has no {HF_AHN_IMPLEMENTATION!r}: "
+            f"{_names(sorted(ahn_found))}")
     extra = sorted(ahn_found - ahn_expected)
     if extra:
         raise AHNConfigError(

@@ -48,7 +48,8 @@ class RMSNorm(nn.Module):
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [L, d] (float32) for absolute positions, transformers' default RoPE."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim
+    inv_freq = 1.0 / (theta ** exponents)
     freqs = positions.float()[:, None] * inv_freq[None, :]
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos(), emb.sin()
@@ -281,10 +282,11 @@ class DecoderLayer(nn.Module):
         p0, n = cache.pos, x.shape[1]
         u = self.input_layernorm(x)
         q, k, v = self.self_attn.qkv(u, cos, sin)
-        q_pos = torch.arange(p0, p0 + n)
+        q_pos = torch.arange(p0, p0 + n, device=x.device)
         if cache.mode == "full" or self.full_attention:
             lc.k, lc.v = _cat(lc.k, k), _cat(lc.v, v)
-            a = attend(q, lc.k, lc.v, window_mask(q_pos, torch.arange(p0 + n), None, 0), self.n_rep)
+            k_pos = torch.arange(p0 + n, device=x.device)
+            a = attend(q, lc.k, lc.v, window_mask(q_pos, k_pos, None, 0), self.n_rep)
         else:
             a = self._windowed_step(u, q, k, v, q_pos, lc, cache, impl)
         x = x + self.self_attn.o_proj(a)
@@ -305,7 +307,7 @@ class DecoderLayer(nn.Module):
 
         keys = [t for t in (lc.sink_k, stream_k) if t is not None and t.shape[1]]
         vals = [t for t in (lc.sink_v, stream_v) if t is not None and t.shape[1]]
-        k_pos = torch.cat([torch.arange(n_sinks), torch.arange(start, start + n_stream)])
+        k_pos = torch.cat([torch.arange(n_sinks), torch.arange(start, start + n_stream)]).to(q.device)
         a = attend(q, torch.cat(keys, 1), torch.cat(vals, 1), window_mask(q_pos, k_pos, W, S), self.n_rep)
 
         with_memory = cache.mode == "ahn" and self.ahn is not None

@@ -91,8 +91,9 @@ def chunked_scan(variant, q, k, v, g, b, write_mask=None, state=None, chunk_size
         Mamba2:      U_j = dt_j v_j
     and the reads are O = diag(exp(G)) Q S_0 + (Q K^T o exp(G_i - G_j))_{j<=i} U.
     Gates stay log-decays, cumulated in float64, and only differences G_i - G_j (j <= i,
-    hence <= 0) are exponentiated, so nothing overflows or loses its small differences. A step without a write is g = 0, b = 0: exactly
-    the identity, which is also how T is padded to a multiple of the chunk size.
+    hence <= 0) are exponentiated, so nothing overflows or loses its small differences.
+    A step without a write is g = 0, b = 0: exactly the identity, which is also how T is
+    padded to a multiple of the chunk size.
     """
     qn, kn, v, g, b, write_mask, S, batched = _prepare(variant, q, k, v, g, b, write_mask, state)
     B, T, H, d = qn.shape

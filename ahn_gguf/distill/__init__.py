@@ -1,0 +1,6 @@
+"""Self-distillation of an AHN into a base model (AHN-SPEC, "Training (self-distillation)").
+
+- `student`: the teacher and student forward passes of one step and their KL.
+- `trainer`: `DistillConfig`, `Distiller` (spans, optimiser, schedule, checkpoints, log).
+- `cli`:     `ahn-gguf distill BASE -o AHN_DIR`.
+"""
