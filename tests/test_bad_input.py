@@ -1,0 +1,238 @@
+"""Bad input everywhere a user can reach: a clear Python exception naming the problem, never a
+crash or a hang. Each case of the issue has its test, and 1000+ mutated copies of a small AHN
+GGUF are loaded in subprocesses (a signal exit is a crash)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime_support import convert_fixture, patched_llama_cpp
+from tiny_model import ARCH, build_tiny_ahn_gguf
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    patched_llama_cpp()
+    return build_tiny_ahn_gguf(tmp_path_factory.mktemp("tiny") / "tiny-ahn.gguf")
+
+
+def _rewrite(src: Path, dst: Path, changes: dict) -> Path:
+    """A copy of a GGUF with some metadata replaced (None: removed), tensors untouched."""
+    from ahn_gguf.convert.gguf_io import KV, VT, read_gguf, write_gguf
+
+    c = read_gguf(src)
+    for key, value in changes.items():
+        if value is None:
+            c.kv.pop(key, None)
+        elif isinstance(value, str):
+            c.kv[key] = KV(VT.STRING, value)
+        elif isinstance(value, list):
+            c.kv[key] = KV(VT.ARRAY, value, VT.INT32)
+        else:
+            c.kv[key] = KV(VT.UINT32, value)
+    write_gguf(c, dst, progress=False)
+    return dst
+
+
+def _load(path, **kw):
+    from ahn_gguf import Llama
+
+    return Llama(str(path), n_ctx=kw.pop("n_ctx", 256), verbose=False, **kw)
+
+
+def test_not_a_gguf(tmp_path):
+    from ahn_gguf.errors import AHNModelError
+
+    p = tmp_path / "notes.gguf"
+    p.write_text("these are notes, not a model\n")
+    with pytest.raises(AHNModelError, match="not a GGUF file"):
+        _load(p)
+    with pytest.raises(AHNModelError, match="not found"):
+        _load(tmp_path / "missing.gguf")
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.9, 0.999])
+def test_truncated_gguf(tiny, tmp_path, keep):
+    from ahn_gguf.errors import GGUFFormatError
+
+    data = tiny.read_bytes()
+    p = tmp_path / "cut.gguf"
+    p.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(GGUFFormatError, match="truncated or corrupted"):
+        _load(p)
+
+
+def test_tensor_pointing_past_the_end(tiny, tmp_path):
+    """A tensor offset beyond the file (a corrupted header word) is caught before llama.cpp maps it."""
+    from ahn_gguf.errors import GGUFFormatError
+    from ahn_gguf.gguf_check import check_gguf_file
+
+    data = bytearray(tiny.read_bytes())
+    info = check_gguf_file(tiny)
+    # the offset of the last tensor is the last 8 bytes of the tensor-info section
+    name = list(info.tensors)[-1]
+    idx = bytes(data).rindex(name.encode())
+    off_pos = idx + len(name) + 4 + 8 * len(info.tensors[name][0]) + 4
+    data[off_pos:off_pos + 8] = (1 << 40).to_bytes(8, "little")
+    p = tmp_path / "bad-offset.gguf"
+    p.write_bytes(bytes(data))
+    with pytest.raises(GGUFFormatError, match="outside the file"):
+        _load(p)
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({f"{ARCH}.ahn.variant": "DeltaNet"}, "does not have"),
+    ({f"{ARCH}.ahn.variant": "LSTM"}, "expected one of"),
+    ({f"{ARCH}.ahn.window": 0}, "window 0 out of range"),
+    ({f"{ARCH}.ahn.window": None}, "without llamaahn.ahn.window"),
+    ({f"{ARCH}.attention.head_count": 4}, "has shape"),
+    ({f"{ARCH}.attention.head_count_kv": 0}, "head_count_kv"),
+    ({f"{ARCH}.block_count": 3}, "must list 3 layer flags"),
+    ({f"{ARCH}.ahn.layers": [1]}, "layer flags"),
+])
+def test_metadata_contradicts_tensors(tiny, tmp_path, changes, match):
+    from ahn_gguf.errors import AHNModelError
+
+    p = _rewrite(tiny, tmp_path / "bad-meta.gguf", changes)
+    with pytest.raises(AHNModelError, match=match):
+        _load(p)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(ahn_window=0), "ahn_window must be an integer >= 1"),
+    (dict(ahn_window=-5), "ahn_window must be an integer >= 1"),
+    (dict(ahn_window=2.5), "ahn_window must be an integer >= 1"),
+    (dict(ahn_sinks=-1), "ahn_sinks must be an integer >= 0"),
+    (dict(ahn_window=1 << 30), "beyond the supported maximum"),
+    (dict(ahn_window=300, n_ctx=256), "exceeds n_ctx"),
+    (dict(ahn_window=200, ahn_sinks=100, n_ctx=256), "exceeds n_ctx"),
+    (dict(type_k=8), "must be F16"),
+])
+def test_window_and_sinks_out_of_range(tiny, kw, match):
+    from ahn_gguf.errors import AHNModelError
+
+    with pytest.raises(AHNModelError, match=match):
+        _load(tiny, **kw)
+
+
+def test_window_options_on_a_model_without_ahn(fixtures_root, tmp_path):
+    from ahn_gguf.errors import AHNModelError
+
+    stock = convert_fixture(fixtures_root, tmp_path, "llama", None)
+    with pytest.raises(AHNModelError, match="has no AHN"):
+        _load(stock, ahn_window=16)
+
+
+def test_prompt_longer_than_n_ctx(tiny):
+    llm = _load(tiny, n_ctx=100)  # padded to 256, as llama.cpp does
+    assert llm.n_ctx() == 256
+    for n in (300, 600):  # beyond the (padded) context
+        with pytest.raises(ValueError, match="exceed context window"):
+            llm.create_completion("x" * n, max_tokens=300)
+    # the context still works afterwards
+    assert llm.create_completion("short", max_tokens=2, temperature=0.0)["usage"]["completion_tokens"] >= 1
+
+
+def test_sidecar_for_another_base(fixtures_root, tmp_path):
+    """An AHN sidecar made for the Qwen2 base, attached to the Llama base: refused, no output."""
+    from ahn_gguf.convert import ConversionError, attach, convert_ahn_only
+
+    side = convert_ahn_only(str(fixtures_root / "qwen2-ahn-gdn"), tmp_path / "qwen2-ahn.gguf", progress=False)
+    base = convert_fixture(fixtures_root, tmp_path, "llama", None)
+    out = tmp_path / "merged.gguf"
+    with pytest.raises(ConversionError, match="(?i)does not fit|mismatch|belongs"):
+        attach(base, str(side), out, progress=False)
+    assert not out.exists()
+
+
+def test_state_from_another_model(tiny, tmp_path, fixtures_root):
+    """A llama state (and a chat session) saved with one model cannot be loaded into another."""
+    from ahn_gguf.chat import ChatSession, ChatStateError
+
+    other = convert_fixture(fixtures_root, tmp_path, "llama", "gdn", "f16")
+    a = _load(tiny)
+    a.eval(a.tokenize(b"remember this", add_bos=True))
+    state = a.save_state()
+    b = _load(other, n_ctx=512)
+    with pytest.raises((RuntimeError, ValueError)):
+        b.load_state(state)
+    # the context still works
+    assert b.create_completion("ok", max_tokens=2, temperature=0.0)["usage"]["completion_tokens"] >= 1
+
+    session = ChatSession(a)
+    f = tmp_path / "session.ahn"
+    session.save(f)
+    with pytest.raises(ChatStateError, match="another model"):
+        ChatSession(b).load(f)
+    f.write_bytes(b"garbage")
+    with pytest.raises(ChatStateError, match="not an ahn-gguf chat session"):
+        ChatSession(a).load(f)
+
+
+def _run_fuzz(base: Path, work: Path, first: int, count: int) -> list[dict]:
+    """Cases first..first+count-1 in worker subprocesses; a worker killed by a signal is a crash,
+    recorded, and a new worker continues after the crashing case."""
+    results, i = [], first
+    env = dict(os.environ, PYTHONPATH=str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    while i < first + count:
+        log = work / f"results-{i}.jsonl"
+        proc = subprocess.run([sys.executable, str(TESTS / "fuzz_gguf.py"), str(base), str(i), str(first + count - i), str(work)],
+                              env=env, capture_output=True, text=True, timeout=1200)
+        started, done = None, {}
+        for line in log.read_text().splitlines() if log.exists() else []:
+            if line.startswith("start "):
+                started = int(line.split()[1])
+            else:
+                rec = json.loads(line)
+                done[rec["case"]] = rec
+        results.extend(done.values())
+        if proc.returncode == 0:
+            break
+        crashed = started if started is not None else i
+        results.append({"case": crashed, "result": "crash", "returncode": proc.returncode, "stderr": proc.stderr[-2000:]})
+        i = crashed + 1
+    return results
+
+
+def test_fuzz_mutated_ahn_gguf(tiny, tmp_path, record_property):
+    n = int(os.environ.get("AHN_GGUF_FUZZ_CASES", "1000"))
+    results = _run_fuzz(tiny, tmp_path, 0, n)
+    crashes = [r for r in results if r["result"] == "crash"]
+    unclear = [r for r in results if r["result"] == "rejected" and not r["clear"]]
+    loaded = sum(r["result"] == "loaded" for r in results)
+    record_property("fuzz_cases", len(results))
+    record_property("fuzz_loaded", loaded)
+    print(f"fuzz: {len(results)} cases, {loaded} loaded and decoded, {len(results) - loaded - len(crashes)} rejected, {len(crashes)} crashes")
+    assert len(results) >= n
+    assert not crashes, f"{len(crashes)} crashes, first: {crashes[0]}"
+    assert not unclear, f"{len(unclear)} rejections without a clear exception, first: {unclear[0]}"
+
+
+def test_fuzz_structured_metadata(tiny, tmp_path):
+    """Structurally valid files whose metadata contradicts the tensors: rejected, never crash."""
+    from fuzz_gguf import structured_cases
+
+    results = []
+    for k, (name, changes) in enumerate(structured_cases(str(tiny))):
+        p = _rewrite(tiny, tmp_path / f"s{k}.gguf", changes)
+        code = ("import sys, ahn_gguf, ahn_gguf.errors\n"
+                "try:\n"
+                f"    ahn_gguf.Llama({str(p)!r}, n_ctx=256, verbose=False).create_completion('x', max_tokens=2)\n"
+                "    print('LOADED')\n"
+                "except (ahn_gguf.errors.AHNError, ValueError) as e:\n"
+                "    print('REJECTED', e)\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        results.append((name, proc.returncode, proc.stdout.strip()[:200]))
+    crashes = [r for r in results if r[1] != 0]
+    assert not crashes, f"crashes or unclear errors: {crashes}"
+    # contradictions must be rejected, not silently loaded
+    loaded = [r for r in results if r[2].startswith("LOADED")]
+    assert not loaded, f"loaded despite contradictory metadata: {loaded}"

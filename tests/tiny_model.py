@@ -1,0 +1,83 @@
+"""A tiny, complete AHN GGUF (about 100 KB) for tests that need many copies of a model file.
+
+Llama + AHN-GDN, 2 layers, hidden 64, 2 heads / 1 KV head of dim 32, W = 8, S = 2, and a
+259-token byte-fallback SentencePiece vocabulary (every text tokenizes). Random weights,
+seeded. Written with the converter's GGUF writer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+N_EMBD, N_HEAD, N_HEAD_KV, HEAD_DIM, N_LAYER, N_FF = 64, 2, 1, 32, 2, 64
+WINDOW, SINKS = 8, 2
+ARCH = "llamaahn"
+
+
+def build_tiny_ahn_gguf(out: Path, seed: int = 0) -> Path:
+    from ahn_gguf import constants as C
+    from ahn_gguf.convert.gguf_io import KV, VT, GGUFContents, TensorEntry, write_gguf
+
+    rng = np.random.default_rng(seed)
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    n_vocab = len(tokens)
+
+    c = GGUFContents(alignment=32)
+
+    def kv(key, vtype, value, sub=None):
+        c.kv[key] = KV(vtype, value, sub)
+
+    kv("general.architecture", VT.STRING, ARCH)
+    kv("general.name", VT.STRING, "ahn-gguf tiny test model")
+    kv(f"{ARCH}.context_length", VT.UINT32, 4096)
+    kv(f"{ARCH}.embedding_length", VT.UINT32, N_EMBD)
+    kv(f"{ARCH}.block_count", VT.UINT32, N_LAYER)
+    kv(f"{ARCH}.feed_forward_length", VT.UINT32, N_FF)
+    kv(f"{ARCH}.attention.head_count", VT.UINT32, N_HEAD)
+    kv(f"{ARCH}.attention.head_count_kv", VT.UINT32, N_HEAD_KV)
+    kv(f"{ARCH}.attention.layer_norm_rms_epsilon", VT.FLOAT32, 1e-5)
+    kv(f"{ARCH}.rope.freq_base", VT.FLOAT32, 10000.0)
+    kv(C.KEY_VARIANT.format(arch=ARCH), VT.STRING, C.GDN)
+    kv(C.KEY_WINDOW.format(arch=ARCH), VT.UINT32, WINDOW)
+    kv(C.KEY_SINKS.format(arch=ARCH), VT.UINT32, SINKS)
+    kv(C.KEY_LAYERS.format(arch=ARCH), VT.ARRAY, [1] * N_LAYER, VT.INT32)
+    kv(C.KEY_NORM_EPS.format(arch=ARCH), VT.FLOAT32, C.AHN_NORM_EPS)
+    kv("tokenizer.ggml.model", VT.STRING, "llama")
+    kv("tokenizer.ggml.tokens", VT.ARRAY, tokens, VT.STRING)
+    kv("tokenizer.ggml.scores", VT.ARRAY, [0.0] * n_vocab, VT.FLOAT32)
+    kv("tokenizer.ggml.token_type", VT.ARRAY, [2, 3, 3] + [6] * 256, VT.INT32)
+    kv("tokenizer.ggml.unknown_token_id", VT.UINT32, 0)
+    kv("tokenizer.ggml.bos_token_id", VT.UINT32, 1)
+    kv("tokenizer.ggml.eos_token_id", VT.UINT32, 2)
+    kv("tokenizer.chat_template", VT.STRING,
+       "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+       "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
+
+    def tensor(name, *shape, scale=0.1, ones=False):
+        data = np.ones(shape, np.float32) if ones else (rng.standard_normal(shape) * scale).astype(np.float32)
+        c.tensors.append(TensorEntry(name, 0, tuple(shape), data.nbytes, data))
+
+    H, d = N_HEAD, HEAD_DIM
+    tensor("token_embd.weight", n_vocab, N_EMBD, scale=1.0)
+    tensor("output_norm.weight", N_EMBD, ones=True)
+    for i in range(N_LAYER):
+        tensor(f"blk.{i}.attn_norm.weight", N_EMBD, ones=True)
+        tensor(f"blk.{i}.attn_q.weight", H * d, N_EMBD)
+        tensor(f"blk.{i}.attn_k.weight", N_HEAD_KV * d, N_EMBD)
+        tensor(f"blk.{i}.attn_v.weight", N_HEAD_KV * d, N_EMBD)
+        tensor(f"blk.{i}.attn_output.weight", N_EMBD, H * d)
+        tensor(f"blk.{i}.ahn_b.weight", H, N_EMBD)
+        tensor(f"blk.{i}.ahn_a.weight", H, N_EMBD)
+        c.tensors.append(TensorEntry(f"blk.{i}.ahn_a_log", 0, (H,), 4 * H, np.log(rng.uniform(1, 16, H)).astype(np.float32)))
+        c.tensors.append(TensorEntry(f"blk.{i}.ahn_dt_bias", 0, (H,), 4 * H, np.full(H, -3.0, np.float32)))
+        tensor(f"blk.{i}.ahn_g.weight", H, N_EMBD)
+        tensor(f"blk.{i}.ahn_norm.weight", d, ones=True)
+        tensor(f"blk.{i}.ahn_out.weight", H, d, d, scale=0.05)
+        tensor(f"blk.{i}.ffn_norm.weight", N_EMBD, ones=True)
+        tensor(f"blk.{i}.ffn_gate.weight", N_FF, N_EMBD)
+        tensor(f"blk.{i}.ffn_up.weight", N_FF, N_EMBD)
+        tensor(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
+    write_gguf(c, Path(out), progress=False)
+    return Path(out)
