@@ -16,7 +16,6 @@ import contextlib
 import logging
 import mmap
 import os
-import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ahn_gguf.errors import GGUFFormatError
+from ahn_gguf.gguf_file import parse_header
 from ahn_gguf.sdist import import_gguf_py
 
 from .errors import ConversionError
@@ -33,10 +34,6 @@ log = logging.getLogger("ahn_gguf.convert")
 gguf = import_gguf_py()
 VT = gguf.GGUFValueType
 
-_SCALAR = {
-    VT.UINT8: "<B", VT.INT8: "<b", VT.UINT16: "<H", VT.INT16: "<h", VT.UINT32: "<I", VT.INT32: "<i",
-    VT.FLOAT32: "<f", VT.BOOL: "<?", VT.UINT64: "<Q", VT.INT64: "<q", VT.FLOAT64: "<d",
-}
 
 
 @dataclass
@@ -95,14 +92,10 @@ class GGUFContents:
 
 # --- reading ----------------------------------------------------------------------------------
 
-def tensor_nbytes(ggml_type, shape) -> int:
-    block, type_size = gguf.GGML_QUANT_SIZES[ggml_type]
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    return n // block * type_size
-
-
 def read_gguf(path: str | Path) -> GGUFContents:
-    """Metadata and tensors of a little-endian GGUF v2/v3 file; tensor data stays memory-mapped."""
+    """Metadata and tensors of a little-endian GGUF v2/v3 file; tensor data stays memory-mapped.
+
+    The header is parsed by ahn_gguf.gguf_file (the one strict parser of the project)."""
     path = Path(path)
     try:
         f = open(path, "rb")
@@ -112,78 +105,19 @@ def read_gguf(path: str | Path) -> GGUFContents:
         if os.fstat(f.fileno()).st_size < 24:
             raise ConversionError(f"{path} is not a GGUF file (too short)")
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    if buf[:4] != b"GGUF":
-        raise ConversionError(f"{path} is not a GGUF file (magic {bytes(buf[:4])!r})")
-    (version,) = struct.unpack_from("<I", buf, 4)
-    if version not in (2, 3):
-        if struct.unpack_from(">I", buf, 4)[0] in (2, 3):
-            raise ConversionError(f"{path} is a big-endian GGUF file; only little-endian files are supported")
-        raise ConversionError(f"{path}: unsupported GGUF version {version}")
-    n_tensors, n_kv = struct.unpack_from("<QQ", buf, 8)
-    off = 24
-
-    def string() -> str | bytes:
-        nonlocal off
-        (n,) = struct.unpack_from("<Q", buf, off)
-        raw = buf[off + 8: off + 8 + n]
-        off += 8 + n
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return raw  # kept byte-exact; GGUFWriter writes bytes as they are
-
-    def value(vtype):
-        nonlocal off
-        if vtype == VT.STRING:
-            return string()
-        if vtype == VT.ARRAY:
-            etype, count = struct.unpack_from("<IQ", buf, off)
-            off += 12
-            etype = VT(etype)
-            if etype in _SCALAR:
-                dt = np.dtype(_SCALAR[etype])
-                items = np.frombuffer(buf, dtype=dt, count=count, offset=off).tolist()
-                off += dt.itemsize * count
-                return items, etype
-            if etype == VT.ARRAY:  # llama.cpp writes none; GGUFWriter could not copy one faithfully
-                raise ConversionError(f"{path}: nested metadata arrays are not supported")
-            return [value(etype) for _ in range(count)], etype
-        fmt = _SCALAR[vtype]
-        (x,) = struct.unpack_from(fmt, buf, off)
-        off += struct.calcsize(fmt)
-        return x
-
-    out = GGUFContents(path=path)
     try:
-        for _ in range(n_kv):
-            key = string()
-            (vtype,) = struct.unpack_from("<I", buf, off)
-            off += 4
-            vtype = VT(vtype)
-            if vtype == VT.ARRAY:
-                items, etype = value(vtype)
-                out.kv[key] = KV(vtype, items, etype)
-            else:
-                out.kv[key] = KV(vtype, value(vtype))
-        infos = []
-        for _ in range(n_tensors):
-            name = string()
-            (n_dims,) = struct.unpack_from("<I", buf, off)
-            ne = struct.unpack_from(f"<{n_dims}Q", buf, off + 4)
-            ggml_type, offset = struct.unpack_from("<IQ", buf, off + 4 + 8 * n_dims)
-            off += 4 + 8 * n_dims + 12
-            infos.append((name, tuple(reversed(ne)), gguf.GGMLQuantizationType(ggml_type), offset))
-    except (struct.error, ValueError) as e:
-        raise ConversionError(f"{path}: corrupt or truncated GGUF header ({e})") from None
+        header = parse_header(buf, str(path))
+    except GGUFFormatError as e:
+        raise ConversionError(str(e)) from None
 
-    out.alignment = int(out.get(gguf.Keys.General.ALIGNMENT, gguf.GGUF_DEFAULT_ALIGNMENT))
-    data_start = -(-off // out.alignment) * out.alignment
-    for name, shape, ggml_type, offset in infos:
-        nbytes = tensor_nbytes(ggml_type, shape)
-        if data_start + offset + nbytes > len(buf):
-            raise ConversionError(f"{path}: tensor {name} lies beyond the end of the file (truncated?)")
-        data = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=data_start + offset)
-        out.tensors.append(TensorEntry(name, ggml_type, shape, nbytes, data))
+    out = GGUFContents(path=path, alignment=header.alignment)
+    for key, v in header.kv.items():
+        if v.vtype == VT.ARRAY and v.etype == VT.ARRAY:
+            raise ConversionError(f"{path}: nested metadata arrays are not supported")
+        out.kv[key] = KV(VT(v.vtype), v.value, None if v.etype is None else VT(v.etype))
+    for t in header.tensors:
+        data = np.frombuffer(buf, dtype=np.uint8, count=t.nbytes, offset=header.data_start + t.offset)
+        out.tensors.append(TensorEntry(t.name, gguf.GGMLQuantizationType(t.ggml_type), tuple(reversed(t.ne)), t.nbytes, data))
     return out
 
 

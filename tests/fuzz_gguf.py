@@ -17,27 +17,10 @@ import sys
 
 
 def _header_end(data: bytes) -> int:
-    """Offset where tensor data starts (approximately: the last tensor-info byte), or 64."""
-    try:
-        sys.path.insert(0, os.path.dirname(__file__))
-        from ahn_gguf.gguf_check import _Reader  # noqa: PLC0415
+    """Offset where tensor data starts in the (valid) base file."""
+    from ahn_gguf.gguf_file import parse_header
 
-        r = _Reader(memoryview(data), "x")
-        r.pos = 8
-        n_t, n_kv = r.scalar("<Q", ""), r.scalar("<Q", "")
-        for _ in range(n_kv):
-            r.string("")
-            r.value(r.scalar("<I", ""), "")
-        for _ in range(n_t):
-            r.string("")
-            nd = r.scalar("<I", "")
-            for _ in range(nd):
-                r.scalar("<Q", "")
-            r.scalar("<I", "")
-            r.scalar("<Q", "")
-        return r.pos
-    except Exception:  # noqa: BLE001
-        return 64
+    return parse_header(data).data_start
 
 
 EXTREMES_32 = [0, 1, 2, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 7, 255, 65536]

@@ -68,14 +68,17 @@ def composed_memory(enabled: bool):
 
 
 def open_model(path: Path, *, window: int | None = WINDOW, sinks: int | None = 0, n_ubatch: int = 64,
-               n_ctx: int = 2048, logits_all: bool = True, f32_cache: bool = True, **kw):
+               n_ctx: int = 2048, logits_all: bool = True, f32_cache: bool = True, n_threads: int = 1, **kw):
+    """An ahn_gguf.Llama for tests. One thread by default: these tiny models are dominated by
+    per-op overhead, where a second thread only adds barriers (the op's thread split has its
+    own tests, and test_build_avoids_amx_and_decodes runs two threads)."""
     from ahn_gguf.runtime import Llama
 
     if f32_cache:
         kw.setdefault("type_k", 0)
         kw.setdefault("type_v", 0)
     return Llama(str(path), ahn_window=window, ahn_sinks=sinks, n_ctx=n_ctx, n_batch=n_ubatch, n_ubatch=n_ubatch,
-                 logits_all=logits_all, verbose=False, n_threads=2, seed=0, **kw)
+                 logits_all=logits_all, verbose=False, n_threads=n_threads, seed=0, **kw)
 
 
 def prompt_tokens(n: int, seed: int = 0, vocab: int = 40000) -> list[int]:

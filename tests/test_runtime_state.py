@@ -69,7 +69,7 @@ def test_three_sequences_match_alone(variant, unified, fixtures_root, gguf_dir):
     params.n_seq_max, params.kv_unified = 3, unified
     params.type_k = params.type_v = 0  # F32 cache, as open_model
     params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    params.n_threads = params.n_threads_batch = 2
+    params.n_threads = params.n_threads_batch = 1
     ctx = llama_cpp.llama_init_from_model(llm.model, params)
     assert ctx, "could not create a 3-sequence context"
     got = [[] for _ in prompts]
@@ -201,7 +201,7 @@ def test_build_avoids_amx_and_decodes(fixtures_root, gguf_dir):
     info = llama_cpp.llama_print_system_info().decode()
     assert "AMX_INT8 = 1" not in info, info
     path = convert_fixture(fixtures_root, gguf_dir, "qwen2", "dn")
-    llm = open_model(path, sinks=0, n_ubatch=512, logits_all=False, f32_cache=False)
+    llm = open_model(path, sinks=0, n_ubatch=512, logits_all=False, f32_cache=False, n_threads=2)
     out = llm.create_completion("The memory of a model", max_tokens=8, temperature=0.0)
     assert out["usage"]["completion_tokens"] >= 1
 

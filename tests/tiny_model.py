@@ -16,7 +16,10 @@ WINDOW, SINKS = 8, 2
 ARCH = "llamaahn"
 
 
-def build_tiny_ahn_gguf(out: Path, seed: int = 0) -> Path:
+def build_tiny_ahn_gguf(out: Path, seed: int = 0, variant: str = "GatedDeltaNet", head_dim: int = HEAD_DIM,
+                        n_head: int = N_HEAD, n_head_kv: int = N_HEAD_KV) -> Path:
+    """The tiny model; `variant`, `head_dim` and the head counts can be changed (the CUDA kernels
+    need head_dim 64 or 128; the SIMD CPU kernels too, other sizes run the scalar kernel)."""
     from ahn_gguf import constants as C
     from ahn_gguf.convert.gguf_io import KV, VT, GGUFContents, TensorEntry, write_gguf
 
@@ -35,11 +38,14 @@ def build_tiny_ahn_gguf(out: Path, seed: int = 0) -> Path:
     kv(f"{ARCH}.embedding_length", VT.UINT32, N_EMBD)
     kv(f"{ARCH}.block_count", VT.UINT32, N_LAYER)
     kv(f"{ARCH}.feed_forward_length", VT.UINT32, N_FF)
-    kv(f"{ARCH}.attention.head_count", VT.UINT32, N_HEAD)
-    kv(f"{ARCH}.attention.head_count_kv", VT.UINT32, N_HEAD_KV)
+    kv(f"{ARCH}.attention.head_count", VT.UINT32, n_head)
+    kv(f"{ARCH}.attention.head_count_kv", VT.UINT32, n_head_kv)
+    kv(f"{ARCH}.attention.key_length", VT.UINT32, head_dim)
+    kv(f"{ARCH}.attention.value_length", VT.UINT32, head_dim)
+    kv(f"{ARCH}.rope.dimension_count", VT.UINT32, head_dim)
     kv(f"{ARCH}.attention.layer_norm_rms_epsilon", VT.FLOAT32, 1e-5)
     kv(f"{ARCH}.rope.freq_base", VT.FLOAT32, 10000.0)
-    kv(C.KEY_VARIANT.format(arch=ARCH), VT.STRING, C.GDN)
+    kv(C.KEY_VARIANT.format(arch=ARCH), VT.STRING, variant)
     kv(C.KEY_WINDOW.format(arch=ARCH), VT.UINT32, WINDOW)
     kv(C.KEY_SINKS.format(arch=ARCH), VT.UINT32, SINKS)
     kv(C.KEY_LAYERS.format(arch=ARCH), VT.ARRAY, [1] * N_LAYER, VT.INT32)
@@ -59,21 +65,35 @@ def build_tiny_ahn_gguf(out: Path, seed: int = 0) -> Path:
         data = np.ones(shape, np.float32) if ones else (rng.standard_normal(shape) * scale).astype(np.float32)
         c.tensors.append(TensorEntry(name, 0, tuple(shape), data.nbytes, data))
 
-    H, d = N_HEAD, HEAD_DIM
+    H, d, Hkv = n_head, head_dim, n_head_kv
     tensor("token_embd.weight", n_vocab, N_EMBD, scale=1.0)
     tensor("output_norm.weight", N_EMBD, ones=True)
+    def vec(name, values):
+        values = np.asarray(values, np.float32)
+        c.tensors.append(TensorEntry(name, 0, values.shape, values.nbytes, values))
     for i in range(N_LAYER):
         tensor(f"blk.{i}.attn_norm.weight", N_EMBD, ones=True)
         tensor(f"blk.{i}.attn_q.weight", H * d, N_EMBD)
-        tensor(f"blk.{i}.attn_k.weight", N_HEAD_KV * d, N_EMBD)
-        tensor(f"blk.{i}.attn_v.weight", N_HEAD_KV * d, N_EMBD)
+        tensor(f"blk.{i}.attn_k.weight", Hkv * d, N_EMBD)
+        tensor(f"blk.{i}.attn_v.weight", Hkv * d, N_EMBD)
         tensor(f"blk.{i}.attn_output.weight", N_EMBD, H * d)
-        tensor(f"blk.{i}.ahn_b.weight", H, N_EMBD)
-        tensor(f"blk.{i}.ahn_a.weight", H, N_EMBD)
-        c.tensors.append(TensorEntry(f"blk.{i}.ahn_a_log", 0, (H,), 4 * H, np.log(rng.uniform(1, 16, H)).astype(np.float32)))
-        c.tensors.append(TensorEntry(f"blk.{i}.ahn_dt_bias", 0, (H,), 4 * H, np.full(H, -3.0, np.float32)))
+        if variant in (C.GDN, C.DN):
+            tensor(f"blk.{i}.ahn_b.weight", H, N_EMBD)
+        if variant == C.GDN:
+            tensor(f"blk.{i}.ahn_a.weight", H, N_EMBD)
+            vec(f"blk.{i}.ahn_a_log", np.log(rng.uniform(1, 16, H)))
+            vec(f"blk.{i}.ahn_dt_bias", np.full(H, -3.0))
+        if variant == C.MAMBA2:
+            tensor(f"blk.{i}.ahn_dt.weight", H, N_EMBD)
+            vec(f"blk.{i}.ahn_dt.bias", rng.standard_normal(H) * 0.1)
+            vec(f"blk.{i}.ahn_dt_bias", np.full(H, -3.0))
+            vec(f"blk.{i}.ahn_a_log", np.log(rng.uniform(1, 16, H)))
         tensor(f"blk.{i}.ahn_g.weight", H, N_EMBD)
-        tensor(f"blk.{i}.ahn_norm.weight", d, ones=True)
+        if variant == C.MAMBA2:
+            vec(f"blk.{i}.ahn_g.bias", rng.standard_normal(H) * 0.1)
+            tensor(f"blk.{i}.ahn_norm.weight", H * d, ones=True)
+        else:
+            tensor(f"blk.{i}.ahn_norm.weight", d, ones=True)
         tensor(f"blk.{i}.ahn_out.weight", H, d, d, scale=0.05)
         tensor(f"blk.{i}.ffn_norm.weight", N_EMBD, ones=True)
         tensor(f"blk.{i}.ffn_gate.weight", N_FF, N_EMBD)
