@@ -1,0 +1,411 @@
+"""Self-distillation of an AHN (AHN-SPEC, "Training"): the run, its schedule, checkpoints and log.
+
+Per step: a batch of packed training sequences (ahn_gguf.data), a random lossless span S + W and
+sink count S drawn as in the paper (span uniform from `spans` kept within (L/8, L); S uniform from
+`sinks` kept <= span / 2), the teacher/student passes and KL of ahn_gguf.distill.student, AdamW on
+the AHN parameters only, learning rate with linear warm-up then cosine decay.
+
+Everything a resumed run needs is in one checkpoint file, written atomically: the AHN parameters,
+the optimiser and scheduler states, the data position, the step, the RNG states, and the log so
+far. The span of step n is drawn from a generator seeded by (seed, n), and the data order by
+(seed, epoch), so a run resumed from any checkpoint computes exactly the losses an uninterrupted
+run computes (tests/test_distill.py).
+
+Output folder (`out_dir`): config.json + model.safetensors in the released AHN layout (written at
+every checkpoint too, so an interrupted run leaves a usable AHN), training-log.json (run settings,
+provenance of base and data, one record per step) and training-log.csv; checkpoint/state.pt.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..constants import HF_NUM_ATTN_SINKS, HF_SLIDING_WINDOW, canonical_variant
+
+LOG_JSON = "training-log.json"
+LOG_CSV = "training-log.csv"
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_FILE = "state.pt"
+CSV_FIELDS = ("step", "loss", "lr", "grad_norm", "tokens", "wall_s", "window", "sinks", "epoch")
+
+DEFAULT_SPANS = (192, 256, 288, 320, 384, 512)
+DEFAULT_SINKS = (0, 32, 64)
+
+
+@dataclass
+class DistillConfig:
+    base: str                               # Hugging Face base folder (or "smollm2")
+    out_dir: str
+    variant: str = "gdn"
+    seq_len: int = 1024                     # L
+    batch_size: int = 1
+    steps: int = 500
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: float = 0.1                     # fraction of steps
+    min_lr_ratio: float = 0.0               # cosine decays to lr * min_lr_ratio
+    clip: float = 1.0                       # max gradient norm (0: none)
+    spans: tuple[int, ...] = DEFAULT_SPANS  # lossless span S + W candidates
+    sinks: tuple[int, ...] = DEFAULT_SINKS  # S candidates
+    window: int = 256                       # default W written to config.json (sliding_window)
+    default_sinks: int = 32                 # default S written to config.json (num_attn_sinks)
+    fa_layer_ids: str = ""
+    data: str | None = None                 # data source (ahn_gguf.data.load_source); None = python3.11-doc
+    seed: int = 0
+    o_proj_std: float = 0.0                 # 0: o_proj zero-initialised as in the paper
+    grad_checkpoint: bool = True
+    bf16: bool = False
+    device: str = "cpu"
+    threads: int = 2
+    checkpoint_every_s: float = 600.0
+    checkpoint_every_steps: int = 0         # 0: by time only
+    save_dtype: str = "float32"             # dtype of model.safetensors
+    max_sequences: int = 0                  # 0: all packed training sequences
+    progress: bool = True
+
+    def validate(self) -> "DistillConfig":
+        self.variant = canonical_variant(self.variant)
+        for name in ("seq_len", "batch_size", "steps", "window", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        if self.default_sinks < 0:
+            raise ValueError(f"default sinks must be >= 0, got {self.default_sinks}")
+        self.spans, self.sinks = tuple(sorted(set(self.spans))), tuple(sorted(set(self.sinks)))
+        allowed_spans(self.spans, self.seq_len)  # raises if none fits
+        return self
+
+
+def allowed_spans(spans, seq_len: int) -> tuple[int, ...]:
+    """Spans kept within (L/8, L) (AHN-SPEC); at least one must remain."""
+    kept = tuple(s for s in spans if seq_len / 8 < s < seq_len)
+    if not kept:
+        raise ValueError(f"no span in {list(spans)} lies within (L/8, L) = ({seq_len / 8:g}, {seq_len}): "
+                         f"choose spans for sequence length {seq_len}")
+    return kept
+
+
+def draw_window(step: int, seed: int, spans, sinks, seq_len: int) -> tuple[int, int]:
+    """(W, S) of a step: span uniform from the allowed spans, S uniform from sinks <= span / 2."""
+    rng = np.random.default_rng([seed, 1_000_003, step])
+    span = int(rng.choice(allowed_spans(spans, seq_len)))
+    s_choices = [s for s in sinks if s <= span // 2] or [0]
+    S = int(rng.choice(s_choices))
+    return span - S, S
+
+
+def lr_factor(step: int, total: int, warmup: float, min_ratio: float) -> float:
+    """Linear warm-up over the first `warmup` fraction of steps, then cosine to `min_ratio`."""
+    n_warm = int(round(warmup * total))
+    if step < n_warm:
+        return (step + 1) / n_warm
+    progress = (step - n_warm) / max(1, total - n_warm)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def tune_cpu_runtime(threads: int) -> None:
+    """CPU settings that this workload measurably needs (DESIGN: a shared 2-core machine).
+
+    - OpenMP workers sleep instead of spinning when idle (OMP_WAIT_POLICY=PASSIVE; only effective
+      before torch is first imported): on a loaded machine spinning threads made a step 2-3x slower.
+    - glibc malloc keeps freed memory instead of unmapping it (each step allocates the same
+      ~100 MB tensors again; mmap/munmap of them cost ~25% of a step in page faults).
+    - subnormal floats flushed to zero in this thread (see distill.scan for the worker threads).
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6")
+            M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+            libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+            libc.mallopt(M_TRIM_THRESHOLD, 1 << 31)
+            libc.mallopt(M_TOP_PAD, 256 << 20)
+        except (OSError, AttributeError):
+            pass
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+
+
+def resolve_base(base: str) -> Path:
+    """A base folder; "smollm2" names the dequantized SmolLM2-135M-Instruct Q4_1 (ahn_gguf.smollm2)."""
+    if base.lower() in ("smollm2", "smollm2-135m", "smollm2-135m-instruct"):
+        from ..smollm2 import hf_dir
+
+        return hf_dir()
+    path = Path(base)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{base}: not a Hugging Face model folder (no config.json); "
+                                f"use 'smollm2' for the bundled SmolLM2-135M-Instruct (Q4_1, dequantized)")
+    return path
+
+
+def base_provenance(base_dir: Path) -> dict:
+    prov = {"folder": str(base_dir)}
+    from ..smollm2 import PROVENANCE_FILE
+
+    if (base_dir / PROVENANCE_FILE).is_file():
+        prov.update(json.loads((base_dir / PROVENANCE_FILE).read_text()))
+    return prov
+
+
+@dataclass
+class Record:
+    step: int            # 1-based: the step just taken
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens: int          # tokens processed so far (batch * L per step)
+    wall_s: float        # training wall time so far (all sessions of the run)
+    window: int
+    sinks: int
+    epoch: int
+
+
+@dataclass
+class RunLog:
+    config: dict
+    base: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    commands: list = field(default_factory=list)
+    records: list = field(default_factory=list)
+    status: str = "running"
+    notes: dict = field(default_factory=dict)
+
+
+class Distiller:
+    """One distillation run: `Distiller(cfg).run()`; `resume=True` continues from its checkpoint."""
+
+    def __init__(self, cfg: DistillConfig, *, resume: bool = False, command: list[str] | None = None):
+        self.cfg = cfg.validate()
+        tune_cpu_runtime(cfg.threads)
+        import torch
+
+        from ..data import TrainSequences, load_source, load_tokenizer, split_documents, training_sequences
+        from ..reference import attach_ahn, load_reference
+
+        self.torch = torch
+        self.out = Path(cfg.out_dir)
+        self.ckpt_path = self.out / CHECKPOINT_DIR / CHECKPOINT_FILE
+        if not resume and self.ckpt_path.is_file():
+            raise FileExistsError(f"{self.ckpt_path} exists: pass --resume to continue that run, "
+                                  f"or choose another output folder")
+        if resume and not self.ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt_path}")
+        self.device = torch.device(cfg.device)
+        base_dir = resolve_base(cfg.base)
+
+        # data: documents -> split (held-out documents never enter training) -> packed sequences
+        docs, data_prov = load_source(cfg.data)
+        split = split_documents(docs)
+        tokenizer = load_tokenizer(base_dir)
+        seqs = training_sequences(split, tokenizer, cfg.seq_len)
+        if cfg.max_sequences:
+            seqs = seqs[:cfg.max_sequences]
+        self.data = TrainSequences(seqs, seed=cfg.seed)
+        self.heldout_paths = sorted(d.path for d in split.heldout)
+        data_prov = dict(data_prov, split=split.describe(), heldout_documents=self.heldout_paths,
+                         train_sequences=len(seqs), seq_len=cfg.seq_len)
+
+        # model: frozen base + fresh AHN (o_proj zero unless o_proj_std > 0), AHN parameters trainable
+        model = load_reference(base_dir)
+        attach_ahn(model, cfg.variant, window=cfg.window, sinks=cfg.default_sinks,
+                   fa_layer_ids=cfg.fa_layer_ids, o_proj_std=cfg.o_proj_std, seed=cfg.seed)
+        model.config.hf["sliding_window_type"] = "random"
+        model.freeze_base().to(self.device).eval()  # eval: no dropout anywhere (there is none)
+        self.model = model
+        params = model.ahn_parameters()
+        decay = [p for p in params if p.dim() >= 2]          # projections; not A_log, dt_bias, norms
+        no_decay = [p for p in params if p.dim() < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup, cfg.min_lr_ratio))
+        self.step = 0
+        self.wall_s = 0.0
+        self.log = RunLog(config=_jsonable(asdict(cfg)), base=base_provenance(base_dir), data=data_prov)
+        self.log.notes = {
+            "n_ahn_parameters": sum(p.numel() for p in params),
+            "loss": "KL(teacher || student), temperature 1, mean over positions >= S+W",
+            "teacher": "the same frozen base with full causal attention",
+            "student": "sinks + window + AHN on the same weights; only AHN parameters train",
+        }
+        if resume:
+            self._load_checkpoint()
+        self.log.commands.append({"argv": command or sys.argv, "start_step": self.step,
+                                  "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def train_step(self) -> Record:
+        from .student import distill_loss
+
+        torch, cfg = self.torch, self.cfg
+        t0 = time.time()
+        W, S = draw_window(self.step, cfg.seed, cfg.spans, cfg.sinks, cfg.seq_len)
+        ids = torch.from_numpy(self.data.next_batch(cfg.batch_size)).long().to(self.device)
+        self.opt.zero_grad(set_to_none=True)
+        loss = distill_loss(self.model, ids, W, S, grad_checkpoint=cfg.grad_checkpoint, bf16=cfg.bf16)
+        loss.backward()
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.clip if cfg.clip > 0 else float("inf"))
+        lr = self.opt.param_groups[0]["lr"]
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        self.wall_s += time.time() - t0
+        rec = Record(self.step, loss.item(), lr, gnorm.item(), self.step * cfg.batch_size * cfg.seq_len,
+                     round(self.wall_s, 3), W, S, self.data.epoch)
+        self.log.records.append(asdict(rec))
+        return rec
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def run(self, stop_after: int | None = None) -> RunLog:
+        """Train up to cfg.steps (or `stop_after` more steps: tests), checkpointing as configured."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
+        interrupted = []
+
+        def on_signal(signum, _frame):
+            interrupted.append(signum)
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
+            if _main_thread() else {}
+        last_ckpt = time.time()
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, dynamic_ncols=True,
+                   desc="distill", unit="step", file=sys.stderr)
+        try:
+            while self.step < end and not interrupted:
+                rec = self.train_step()
+                tok_s = rec.tokens / max(rec.wall_s, 1e-9)
+                bar.set_postfix_str(f"loss {rec.loss:.4f} lr {rec.lr:.2e} W {rec.window} S {rec.sinks} "
+                                    f"{tok_s:.0f} tok/s", refresh=False)
+                bar.update(1)
+                due = (cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0) or \
+                      (time.time() - last_ckpt >= cfg.checkpoint_every_s)
+                if due and self.step < end:
+                    self.save_checkpoint()
+                    last_ckpt = time.time()
+        finally:
+            bar.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+        self.log.status = "done" if self.step >= cfg.steps else ("interrupted" if interrupted else "paused")
+        self.save_checkpoint()
+        if interrupted:
+            print(f"interrupted at step {self.step}; checkpoint saved: resume with --resume", file=sys.stderr)
+        return self.log
+
+    # -- checkpoints and outputs ---------------------------------------------------------------------
+
+    def save_outputs(self) -> None:
+        """The AHN folder (released layout) and the training log, as of now."""
+        from ..reference import save_ahn
+
+        torch = self.torch
+        cpu_model = self.model  # save_ahn reads the state dict; tensors are moved by .to(dtype) per tensor
+        self.model.config.window, self.model.config.sinks = self.cfg.window, self.cfg.default_sinks
+        save_ahn(cpu_model, self.out, dtype=getattr(torch, self.cfg.save_dtype))
+        cfg_path = self.out / "config.json"
+        c = json.loads(cfg_path.read_text())
+        c[HF_SLIDING_WINDOW], c[HF_NUM_ATTN_SINKS] = self.cfg.window, self.cfg.default_sinks
+        c["torch_dtype"] = self.cfg.save_dtype
+        cfg_path.write_text(json.dumps(c, indent=2))
+        self.log.notes.update({"steps_done": self.step, "tokens": self.step * self.cfg.batch_size * self.cfg.seq_len,
+                               "train_wall_s": round(self.wall_s, 1)})
+        _atomic_write_text(self.out / LOG_JSON, json.dumps(asdict(self.log), indent=1))
+        tmp = self.out / (LOG_CSV + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(self.log.records)
+        os.replace(tmp, self.out / LOG_CSV)
+
+    def save_checkpoint(self) -> Path:
+        torch = self.torch
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "step": self.step,
+            "wall_s": self.wall_s,
+            "config": _jsonable(asdict(self.cfg)),
+            "ahn": {k: v.detach().cpu() for k, v in self.model.state_dict().items() if ".ahn." in k},
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "data": self.data.state_dict(),
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "log": asdict(self.log),
+        }
+        tmp = self.ckpt_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.ckpt_path)
+        self.save_outputs()
+        return self.ckpt_path
+
+    def _load_checkpoint(self) -> None:
+        torch = self.torch
+        state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+        saved = dict(state["config"])
+        now = _jsonable(asdict(self.cfg))
+        # settings that change the computation must match; steps, checkpointing, threads may differ
+        fixed = ("variant", "seq_len", "batch_size", "lr", "weight_decay", "warmup", "min_lr_ratio", "clip",
+                 "spans", "sinks", "fa_layer_ids", "data", "seed", "o_proj_std", "bf16", "max_sequences")
+        diff = [k for k in fixed if saved.get(k) != now.get(k)]
+        if diff:
+            raise ValueError("the checkpoint was made with other settings: "
+                             + ", ".join(f"{k} {saved.get(k)!r} (now {now.get(k)!r})" for k in diff))
+        if saved.get("steps") != now.get("steps"):
+            raise ValueError(f"the checkpoint's run has {saved.get('steps')} steps (its schedule depends on "
+                             f"them); resume with --steps {saved.get('steps')}")
+        missing = self.model.load_state_dict(state["ahn"], strict=False)
+        if missing.unexpected_keys:
+            raise ValueError(f"checkpoint AHN tensors not in the model: {missing.unexpected_keys[:4]}")
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.data.load_state_dict(state["data"])
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.step, self.wall_s = state["step"], state["wall_s"]
+        log = state["log"]
+        self.log.records = log["records"][:self.step]
+        self.log.commands = log.get("commands", [])
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,489 @@
+"""`ahn-gguf eval MODEL`: long-context perplexity and a passkey probe, full vs window vs AHN.
+
+Three attention modes on the same weights, at context lengths from 2W up to the model's limit:
+
+- full:   ordinary causal attention over everything (the teacher of distillation);
+- window: S sinks + the last W tokens only (the AHN's memory switched off);
+- ahn:    sinks + window + the AHN memory of every token that left the window.
+
+Perplexity is taken over the positions beyond the lossless span (query positions t >= S + W,
+predicting token t + 1) of held-out documents (ahn_gguf.data: never used in training), the
+first C tokens of each document for a context length C. One pass per (document, mode) at the
+longest length gives the NLL of every position, hence of every shorter length (causality).
+The headline number is the share of the window-only -> full-attention perplexity gap that the
+AHN closes: (ppl_window - ppl_ahn) / (ppl_window - ppl_full).
+
+The passkey probe hides "The pass key is NNNNN" at a random depth of 10-50% inside filler text of
+C tokens and asks for it at the end; a trial counts when every digit of the key is the argmax
+(= greedy decoding) given the ones before; the mean NLL of the digits is reported too.
+
+Engines:
+- gguf (default): MODEL is an AHN GGUF run through the patched llama.cpp (`ahn_gguf.Llama`);
+  full = `ahn_window` >= the context (exactly full attention), window = the GGUF key
+  `{arch}.ahn.memory_enabled` overridden to false, ahn = the defaults. Logits are read batch by
+  batch with llama_decode + llama_get_logits_ith, never as one [C, vocab] array.
+- reference: MODEL is a Hugging Face base folder (or `smollm2`) and --ahn an AHN folder, run by
+  the PyTorch reference (`ahn_gguf.reference`); for cross-checks at small lengths.
+
+Results: a markdown table, JSON and a PNG plot (REPORT.md / .json / .png, default under reports/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import constants as C
+
+MODES = ("full", "window", "ahn")
+MODE_LABEL = {"full": "full attention", "window": "sinks + window", "ahn": "sinks + window + AHN"}
+FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ")
+PASSKEY_INTRO = ("There is an important piece of information hidden inside a lot of irrelevant text. "
+                 "Find it and memorize it. I will quiz you about it.\n")
+
+
+# --- engines ----------------------------------------------------------------------------------------
+
+def log_softmax_rows(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float32, copy=False)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+class Engine:
+    """Scores token sequences: per-position NLL of the next token and whether it is the argmax."""
+
+    name = "engine"
+    window: int
+    sinks: int
+    n_ctx_train: int
+
+    def tokenize(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def score(self, ids, mode: str) -> tuple[np.ndarray, np.ndarray]:
+        """(nll [n-1], top1 [n-1] bool): for t = 0 .. n-2, -log p(ids[t+1] | ids[:t+1]) and argmax hit."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"engine": self.name, "window": self.window, "sinks": self.sinks}
+
+
+class ReferenceEngine(Engine):
+    """The PyTorch reference: base folder + AHN folder."""
+
+    name = "reference"
+
+    def __init__(self, base: str | Path, ahn: str | Path | None, *, window: int | None = None,
+                 sinks: int | None = None, threads: int = 2, chunk: int = 512):
+        import torch
+
+        from .distill.trainer import resolve_base, tune_cpu_runtime
+        from .reference import load_reference
+
+        tune_cpu_runtime(threads)
+        self.torch = torch
+        self.base = resolve_base(str(base))
+        self.ahn = ahn
+        self.model = load_reference(self.base, ahn, window=window, sinks=sinks).eval()
+        cfg = self.model.config
+        if cfg.window is None:
+            raise ValueError("no window W: pass --window (the model has no AHN config giving one)")
+        self.window, self.sinks = cfg.window, cfg.sinks
+        self.n_ctx_train = cfg.max_position_embeddings
+        self.chunk = chunk
+        from .data import load_tokenizer
+
+        self._tok = load_tokenizer(self.base)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def score(self, ids, mode: str):
+        torch = self.torch
+        if mode == "ahn" and not self.model.has_ahn:
+            raise ValueError("mode 'ahn' needs an AHN: pass --ahn AHN_DIR")
+        x = torch.as_tensor(np.asarray(ids), dtype=torch.long)[None]
+        with torch.no_grad():
+            h = self.model.hidden_states(x, mode=mode, window=self.window, sinks=self.sinks)[0, :-1]
+            nll, top1 = [], []
+            for i in range(0, h.shape[0], self.chunk):
+                lp = torch.log_softmax(self.model.logits(h[i:i + self.chunk]).float(), dim=-1)
+                tgt = x[0, i + 1:i + 1 + self.chunk]
+                nll.append(-lp.gather(-1, tgt[:, None])[:, 0])
+                top1.append(lp.argmax(-1) == tgt)
+        return torch.cat(nll).numpy().astype(np.float64), torch.cat(top1).numpy()
+
+    def describe(self) -> dict:
+        return dict(super().describe(), base=str(self.base), ahn=str(self.ahn))
+
+
+class GGUFEngine(Engine):
+    """An AHN GGUF through the patched llama.cpp (ahn_gguf.Llama), one context per mode."""
+
+    name = "gguf"
+
+    def __init__(self, model_path: str | Path, *, n_ctx: int, window: int | None = None,
+                 sinks: int | None = None, threads: int = 2, n_batch: int = 512):
+        from .gguf_check import check_gguf_file
+
+        self.path = str(model_path)
+        info = check_gguf_file(self.path)
+        if info.arch not in C.BASE_FOR_ARCH:
+            raise ValueError(f"{model_path}: architecture {info.arch!r} has no AHN (expected one of "
+                             f"{', '.join(C.BASE_FOR_ARCH)}); convert or attach an AHN first")
+        self.arch = info.arch
+        self.window = window if window is not None else info.ahn_window
+        self.sinks = sinks if sinks is not None else info.ahn_sinks
+        self.n_ctx, self.threads, self.n_batch = n_ctx, threads, n_batch
+        self._mode = None
+        self._llm = None
+        self.n_ctx_train = None
+        self._open("ahn")
+        import llama_cpp
+
+        self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self._llm.model))
+
+    def _open(self, mode: str):
+        if self._mode == mode:
+            return self._llm
+        from .runtime import Llama
+
+        self._llm = None  # free the previous context first
+        kw = dict(n_ctx=self.n_ctx, n_batch=self.n_batch, n_ubatch=self.n_batch, n_threads=self.threads,
+                  n_threads_batch=self.threads, logits_all=False, verbose=False)
+        if mode == "full":
+            kw.update(ahn_window=self.n_ctx, ahn_sinks=0)   # W >= every context: exactly full attention
+        else:
+            kw.update(ahn_window=self.window, ahn_sinks=self.sinks)
+            if mode == "window":
+                kw["kv_overrides"] = {C.KEY_MEMORY_ENABLED.format(arch=self.arch): False}
+        self._llm = Llama(self.path, **kw)
+        self._mode = mode
+        return self._llm
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def score(self, ids, mode: str):
+        import llama_cpp
+
+        llm = self._open(mode)
+        ctx = llm.ctx
+        ids = [int(t) for t in ids]
+        n = len(ids)
+        if n > self.n_ctx:
+            raise ValueError(f"{n} tokens exceed the context {self.n_ctx}")
+        n_vocab = llm.n_vocab()
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        nll = np.empty(n - 1, dtype=np.float64)
+        top1 = np.empty(n - 1, dtype=bool)
+        try:
+            for start in range(0, n - 1, self.n_batch):
+                chunk = ids[start:min(n - 1, start + self.n_batch)]   # the last token needs no logits
+                batch.n_tokens = len(chunk)
+                for i, tok in enumerate(chunk):
+                    batch.token[i] = tok
+                    batch.pos[i] = start + i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = 1
+                rc = llama_cpp.llama_decode(ctx, batch)
+                if rc != 0:
+                    raise RuntimeError(f"llama_decode returned {rc} at position {start}")
+                rows = np.empty((len(chunk), n_vocab), dtype=np.float32)
+                for i in range(len(chunk)):
+                    rows[i] = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, i), shape=(n_vocab,))
+                lp = log_softmax_rows(rows)
+                tgt = np.asarray(ids[start + 1:start + 1 + len(chunk)])
+                nll[start:start + len(chunk)] = -lp[np.arange(len(chunk)), tgt]
+                top1[start:start + len(chunk)] = lp.argmax(-1) == tgt
+        finally:
+            llama_cpp.llama_batch_free(batch)
+        return nll, top1
+
+    def describe(self) -> dict:
+        return dict(super().describe(), model=self.path, arch=self.arch, n_ctx=self.n_ctx)
+
+
+# --- the evaluation ---------------------------------------------------------------------------------
+
+def context_lengths(window: int, sinks: int, max_ctx: int) -> list[int]:
+    """2W, 4W, 8W, ... below max_ctx, then max_ctx itself."""
+    out, c = [], 2 * window
+    while c < max_ctx:
+        if c > sinks + window + 1:
+            out.append(c)
+        c *= 2
+    out.append(max_ctx)
+    return out
+
+
+@dataclass
+class EvalResult:
+    engine: dict
+    window: int
+    sinks: int
+    lengths: list
+    documents: list
+    nll: dict = field(default_factory=dict)        # mode -> {length: mean NLL over scored positions}
+    ppl: dict = field(default_factory=dict)        # mode -> {length: exp(mean NLL)}
+    positions: dict = field(default_factory=dict)  # length -> positions scored (all documents)
+    gap_closed: dict = field(default_factory=dict)  # length -> (ppl_window - ppl_ahn) / (ppl_window - ppl_full)
+    passkey: dict = field(default_factory=dict)    # mode -> {length: {"accuracy", "nll", "trials"}}
+    seconds: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def passkey_prompt(engine: Engine, length: int, rng: np.random.Generator) -> tuple[list[int], int]:
+    """(token ids of exactly `length` tokens ending with the key's digits, number of answer tokens)."""
+    key = int(rng.integers(10000, 100000))
+    needle = engine.tokenize(f"The pass key is {key}. Remember it. {key} is the pass key.\n")
+    intro = engine.tokenize(PASSKEY_INTRO)
+    question = engine.tokenize("What is the pass key? The pass key is")
+    answer = engine.tokenize(f" {key}")
+    filler = engine.tokenize(FILLER)
+    n_fill = length - len(intro) - len(needle) - len(question) - len(answer)
+    if n_fill < 8:
+        raise ValueError(f"context {length} is too short for the passkey prompt")
+    reps = filler * (n_fill // len(filler) + 1)
+    depth = int(n_fill * rng.uniform(0.1, 0.5))
+    ids = intro + reps[:depth] + needle + reps[depth:n_fill] + question + answer
+    assert len(ids) == length
+    return ids, len(answer)
+
+
+def run_eval(engine: Engine, sequences, *, lengths, modes=MODES, passkey_trials: int = 3, seed: int = 0,
+             progress: bool = True) -> EvalResult:
+    """Perplexity beyond the window for every mode and length, and the passkey probe."""
+    from tqdm import tqdm
+
+    W, S = engine.window, engine.sinks
+    first = S + W                                    # first query position scored
+    res = EvalResult(engine.describe(), W, S, list(lengths), [p for p, _ in sequences])
+    max_len = max(lengths)
+    for ids in (s for _, s in sequences):
+        if len(ids) < max_len:
+            raise ValueError(f"a sequence has {len(ids)} tokens, fewer than the longest context {max_len}")
+    sums = {m: {c: 0.0 for c in lengths} for m in modes}
+    counts = {c: 0 for c in lengths}
+    bar = tqdm(total=len(sequences) * len(modes), desc="perplexity", disable=not progress, file=sys.stderr)
+    for m in modes:
+        t0 = time.time()
+        for _path, ids in sequences:
+            nll, _ = engine.score(ids[:max_len], m)   # nll[t]: predicting token t+1 from positions <= t
+            for c in lengths:
+                part = nll[first:c - 1]
+                sums[m][c] += float(part.sum())
+                if m == modes[0]:
+                    counts[c] += len(part)
+            bar.update(1)
+        res.seconds[f"perplexity_{m}"] = round(time.time() - t0, 1)
+    bar.close()
+    for m in modes:
+        res.nll[m] = {c: sums[m][c] / max(counts[c], 1) for c in lengths}
+        res.ppl[m] = {c: math.exp(v) for c, v in res.nll[m].items()}
+    res.positions = counts
+    if all(m in modes for m in MODES):
+        for c in lengths:
+            gap = res.ppl["window"][c] - res.ppl["full"][c]
+            res.gap_closed[c] = (res.ppl["window"][c] - res.ppl["ahn"][c]) / gap if abs(gap) > 1e-12 else None
+
+    if passkey_trials > 0:
+        rng = np.random.default_rng(seed)
+        prompts = {c: [passkey_prompt(engine, c, rng) for _ in range(passkey_trials)] for c in lengths}
+        bar = tqdm(total=len(modes) * len(lengths) * passkey_trials, desc="passkey", disable=not progress,
+                   file=sys.stderr)
+        for m in modes:
+            t0 = time.time()
+            res.passkey[m] = {}
+            for c in lengths:
+                hits, nlls = 0, []
+                for ids, n_ans in prompts[c]:
+                    nll, top1 = engine.score(ids, m)
+                    hits += int(top1[-n_ans:].all())
+                    nlls.append(float(nll[-n_ans:].mean()))
+                    bar.update(1)
+                res.passkey[m][c] = {"accuracy": hits / passkey_trials, "nll": float(np.mean(nlls)),
+                                     "trials": passkey_trials}
+            res.seconds[f"passkey_{m}"] = round(time.time() - t0, 1)
+        bar.close()
+    return res
+
+
+# --- reports -------------------------------------------------------------------------------------------
+
+def _fmt(x, nd=3):
+    return "n/a" if x is None else f"{x:.{nd}f}"
+
+
+def markdown(res: EvalResult, title: str, extra: list[str] | None = None) -> str:
+    modes = [m for m in MODES if m in res.ppl]
+    lines = [f"# {title}", ""]
+    lines += extra or []
+    lines += ["", f"Window W = {res.window}, sinks S = {res.sinks}; perplexity over query positions "
+                  f">= S + W = {res.sinks + res.window} of {len(res.documents)} held-out documents "
+                  f"(first C tokens of each).", ""]
+    head = "| context C | positions scored | " + " | ".join(MODE_LABEL[m] for m in modes)
+    head += " | gap closed by AHN |" if res.gap_closed else " |"
+    lines += [head, "|" + " --- |" * (2 + len(modes) + (1 if res.gap_closed else 0))]
+    for c in res.lengths:
+        row = f"| {c} | {res.positions[c]} | " + " | ".join(_fmt(res.ppl[m][c]) for m in modes)
+        if res.gap_closed:
+            g = res.gap_closed[c]
+            row += " | " + ("n/a" if g is None else f"{100 * g:.1f}%")
+        lines.append(row + " |")
+    if res.passkey:
+        lines += ["", "Passkey retrieval (key at 10-50% depth; accuracy = all digits greedy-correct; "
+                      "mean NLL of the digits):", "",
+                  "| context C | " + " | ".join(MODE_LABEL[m] for m in modes) + " |",
+                  "|" + " --- |" * (1 + len(modes))]
+        for c in res.lengths:
+            cells = [f"{res.passkey[m][c]['accuracy']:.2f} (NLL {res.passkey[m][c]['nll']:.2f})" for m in modes]
+            lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    if res.notes:
+        lines += [""] + [f"- {n}" for n in res.notes]
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: EvalResult, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = [m for m in MODES if m in res.ppl]
+    n = 2 if res.passkey else 1
+    fig, axes = plt.subplots(1, n, figsize=(6 * n, 4.2), squeeze=False)
+    ax = axes[0][0]
+    for m in modes:
+        ax.plot(res.lengths, [res.ppl[m][c] for c in res.lengths], marker="o", label=MODE_LABEL[m])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context length C (tokens)")
+    ax.set_ylabel(f"perplexity, positions >= S+W = {res.sinks + res.window}")
+    ax.set_title("held-out perplexity")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if res.passkey:
+        ax = axes[0][1]
+        for m in modes:
+            ax.plot(res.lengths, [res.passkey[m][c]["accuracy"] for c in res.lengths], marker="o",
+                    label=MODE_LABEL[m])
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel("context length C (tokens)")
+        ax.set_ylabel("passkey accuracy")
+        ax.set_title("passkey retrieval")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(res: EvalResult, out: Path, title: str, extra: list[str] | None = None) -> dict[str, Path]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = {"md": out.with_suffix(".md"), "json": out.with_suffix(".json"), "png": out.with_suffix(".png")}
+    paths["json"].write_text(json.dumps(res.as_dict(), indent=1))
+    plot(res, paths["png"], title)
+    text = markdown(res, title, extra) + f"\n![plot]({paths['png'].name})\n"
+    paths["md"].write_text(text)
+    return paths
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+def heldout_token_sequences(engine: Engine, source: str | None, length: int, max_docs: int | None):
+    from .data import load_source, split_documents
+
+    docs, prov = load_source(source)
+    split = split_documents(docs)
+    out = []
+    for doc in split.heldout:
+        ids = engine.tokenize(doc.text)
+        if len(ids) >= length:
+            out.append((doc.path, ids[:length]))
+        if max_docs and len(out) >= max_docs:
+            break
+    if not out:
+        raise ValueError(f"no held-out document has {length} tokens; lower --max-ctx")
+    prov = dict(prov, split=split.describe())
+    return out, prov
+
+
+def register(subparsers, name: str, help_text: str) -> None:
+    p = subparsers.add_parser(name, help=help_text, description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL", help="AHN GGUF (engine gguf), or HF base folder / 'smollm2' "
+                                                 "(engine reference)")
+    p.add_argument("--engine", choices=("gguf", "reference"), default="gguf")
+    p.add_argument("--ahn", metavar="AHN_DIR", help="AHN folder (engine reference)")
+    p.add_argument("--window", type=int, help="W (default: the model's)")
+    p.add_argument("--sinks", type=int, help="S (default: the model's)")
+    p.add_argument("--max-ctx", type=int, help="longest context (default: the model's training context)")
+    p.add_argument("--lengths", help="comma-separated context lengths (default: 2W, 4W, ... max-ctx)")
+    p.add_argument("--docs", type=int, default=0, help="at most N held-out documents (default: all)")
+    p.add_argument("--data", default=None, help="python3.11-doc (default), a .deb of it, or a text folder")
+    p.add_argument("--passkey-trials", type=int, default=3, help="passkey prompts per length (0: none)")
+    p.add_argument("--modes", default="full,window,ahn", help="which modes (default all three)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", default=None, metavar="PATH",
+                   help="report path without suffix (default reports/eval-<model name>)")
+    p.add_argument("--title", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"unknown modes {bad}; expected {', '.join(MODES)}")
+    if args.engine == "reference":
+        engine = ReferenceEngine(args.model, args.ahn, window=args.window, sinks=args.sinks, threads=args.threads)
+        max_ctx = args.max_ctx or engine.n_ctx_train
+    else:
+        if args.ahn:
+            raise ValueError("--ahn is for --engine reference; a GGUF carries its AHN (ahn-gguf attach)")
+        if args.max_ctx is None:
+            from .fixtures import read_gguf_metadata
+
+            meta = read_gguf_metadata(args.model)
+            arch = meta.get("general.architecture")
+            max_ctx = int(meta.get(f"{arch}.context_length", 8192))
+        else:
+            max_ctx = args.max_ctx
+        engine = GGUFEngine(args.model, n_ctx=max_ctx, window=args.window, sinks=args.sinks, threads=args.threads)
+    lengths = ([int(x) for x in args.lengths.split(",")] if args.lengths
+               else context_lengths(engine.window, engine.sinks, max_ctx))
+    if max(lengths) > max_ctx:
+        raise ValueError(f"length {max(lengths)} exceeds --max-ctx {max_ctx}")
+    t0 = time.time()
+    sequences, prov = heldout_token_sequences(engine, args.data, max(lengths), args.docs or None)
+    res = run_eval(engine, sequences, lengths=lengths, modes=modes, passkey_trials=args.passkey_trials,
+                   seed=args.seed, progress=not args.no_progress)
+    res.data = prov
+    res.seconds["total"] = round(time.time() - t0, 1)
+    name = Path(args.model).stem if args.engine == "gguf" else Path(str(args.ahn or args.model)).name
+    out = Path(args.output) if args.output else Path("reports") / f"eval-{name}"
+    title = args.title or f"AHN evaluation: {name} ({args.engine} engine)"
+    extra = [f"Model: `{args.model}`" + (f" + AHN `{args.ahn}`" if args.ahn else "") + f", engine {args.engine}.",
+             f"Held-out text: {prov.get('deb', prov.get('folder', '?'))}; {prov.get('split', '')}."]
+    paths = write_report(res, out, title, extra)
+    print(markdown(res, title, extra))
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0
