@@ -111,9 +111,7 @@ class ChatSession:
         line = f"[position {self.llm.n_tokens}/{self.llm.n_ctx()}, last turn evaluated {self.last_prompt_tokens} prompt tokens"
         mem = self.llm.ahn_memory()
         if mem is not None:
-            kib = 1 / 1024
-            line += (f"; memory: window {mem.window_bytes * kib:.0f} KiB, sinks {mem.sink_bytes * kib:.0f} KiB, "
-                     f"gates {mem.gate_bytes * kib:.0f} KiB, state {mem.state_bytes * kib:.0f} KiB")
+            line += f"; memory: {mem.describe()}"
         return line + "]"
 
     def save(self, path: Path) -> None:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from ahn_gguf.errors import AHNError
 
 # (subcommand, module, one-line help) — the module's register() adds the parser
 SUBCOMMANDS = [
@@ -60,9 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
-        # user-facing errors carry their own message; no traceback for them
+    except (AHNError, ValueError, ImportError, OSError, RuntimeError) as e:
+        # bad input and environment problems carry their own message: no traceback, unless asked
+        if os.environ.get("AHN_GGUF_DEBUG"):
+            raise
         print(f"ahn-gguf {args.command}: error: {e}", file=sys.stderr)
+        print("(set AHN_GGUF_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
 
 

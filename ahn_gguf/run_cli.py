@@ -116,11 +116,5 @@ def main(args) -> int:
         print(f"decode:  {n_gen} tokens in {decode_s:.2f} s ({(n_gen - 1) / max(decode_s, 1e-9):.1f} tok/s)")
     mem = llm.ahn_memory()
     if mem is not None:
-        mib = 1 / (1 << 20)
-        print(
-            f"memory:  window K/V {mem.window_bytes * mib:.2f} MiB, sinks {mem.sink_bytes * mib:.2f} MiB, "
-            f"gates {mem.gate_bytes * mib:.2f} MiB, AHN state {mem.state_bytes * mib:.2f} MiB "
-            f"(total {mem.total_bytes * mib:.2f} MiB live, {mem.allocated_bytes * mib:.2f} MiB allocated) "
-            f"for {llm.n_tokens} tokens of context"
-        )
+        print(f"memory:  {mem.describe()} for {llm.n_tokens} tokens of context")
     return 0

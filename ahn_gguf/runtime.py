@@ -65,10 +65,23 @@ class AHNMemory:
     def total_bytes(self) -> int:
         return self.window_bytes + self.sink_bytes + self.gate_bytes + self.state_bytes
 
+    def describe(self) -> str:
+        """One line, by part: 'window K/V 1.2 MiB, sinks ..., gates ..., AHN state ... (total ... live, ... allocated)'."""
+        b = human_bytes
+        return (f"window K/V {b(self.window_bytes)}, sinks {b(self.sink_bytes)}, gates {b(self.gate_bytes)}, "
+                f"AHN state {b(self.state_bytes)} (total {b(self.total_bytes)} live, {b(self.allocated_bytes)} allocated)")
+
     def as_dict(self) -> dict[str, int]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["total_bytes"] = self.total_bytes
         return d
+
+
+def human_bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
 
 
 def _base_llama():
