@@ -78,7 +78,7 @@ def open_model(path: Path, *, window: int | None = WINDOW, sinks: int | None = 0
         kw.setdefault("type_k", 0)
         kw.setdefault("type_v", 0)
     return Llama(str(path), ahn_window=window, ahn_sinks=sinks, n_ctx=n_ctx, n_batch=n_ubatch, n_ubatch=n_ubatch,
-                 logits_all=logits_all, verbose=False, n_threads=n_threads, seed=0, **kw)
+                 logits_all=logits_all, verbose=False, n_threads=n_threads, n_threads_batch=n_threads, seed=0, **kw)
 
 
 def prompt_tokens(n: int, seed: int = 0, vocab: int = 40000) -> list[int]:

@@ -163,7 +163,7 @@ def test_one_million_tokens_flat_memory(tiny, record_property):
     from ahn_gguf import Llama
 
     total = int(os.environ.get("AHN_GGUF_STREAM_TOKENS", str(1 << 20)))
-    llm = Llama(str(tiny), n_ctx=total + 4096, n_batch=128, n_ubatch=128, flash_attn=True, verbose=False, n_threads=1)
+    llm = Llama(str(tiny), n_ctx=total + 4096, n_batch=128, n_ubatch=128, flash_attn=True, verbose=False, n_threads=1, n_threads_batch=1)
     rng = np.random.default_rng(0)
     chunk = rng.integers(3, 259, size=16384).tolist()
     curve = []
