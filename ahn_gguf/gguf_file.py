@@ -8,6 +8,8 @@ past its end. The runtime's validation (`gguf_check`) and the converter's reader
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
 from dataclasses import dataclass, field
 
@@ -184,3 +186,9 @@ def parse_header(buf, path: str = "<gguf>", string_arrays: bool = True) -> Heade
             raise GGUFFormatError(f"{path}: tensor {t.name!r} ({t.nbytes} bytes at data offset {t.offset}) lies outside the "
                                   f"file ({max(0, data_size)} bytes of tensor data): truncated or corrupted")
     return h
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """Key -> value (arrays as lists) of a GGUF file's metadata; tensor data is not read."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        return {k: v.value for k, v in parse_header(mm, os.fspath(path)).kv.items()}
