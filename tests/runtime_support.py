@@ -53,18 +53,27 @@ def convert_fixture(fixtures_root: Path, out_dir: Path, family: str, variant: st
     return out
 
 
+# how the memory step runs: the fused op updating the states where they live (the default), the
+# fused op on gathered states copied back afterwards, or the same step built from stock ggml ops
+MEMORY_PATHS = ("fused", "fused-copy", "composed")
+_PATH_ENV = {"fused": {}, "fused-copy": {"LLAMA_AHN_STATE_COPY": "1"}, "composed": {"LLAMA_AHN_COMPOSED": "1"}}
+
+
 @contextmanager
-def composed_memory(enabled: bool):
-    """LLAMA_AHN_COMPOSED=1: the memory step from stock ggml ops instead of the fused op."""
-    old = os.environ.get("LLAMA_AHN_COMPOSED")
-    os.environ["LLAMA_AHN_COMPOSED"] = "1" if enabled else "0"
+def memory_path(path: str):
+    """Select a memory-step path (MEMORY_PATHS) for the models opened inside the block."""
+    names = ("LLAMA_AHN_COMPOSED", "LLAMA_AHN_STATE_COPY")
+    old = {n: os.environ.get(n) for n in names}
+    for n in names:
+        os.environ[n] = _PATH_ENV[path].get(n, "0")
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("LLAMA_AHN_COMPOSED", None)
-        else:
-            os.environ["LLAMA_AHN_COMPOSED"] = old
+        for n, v in old.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
 
 
 def open_model(path: Path, *, window: int | None = WINDOW, sinks: int | None = 0, n_ubatch: int = 64,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from runtime_support import (
-    FAMILIES, N_DECODE, SINKS, UBATCHES, VARIANTS, WINDOW, assert_logits_close, composed_memory,
+    FAMILIES, N_DECODE, SINKS, UBATCHES, VARIANTS, WINDOW, MEMORY_PATHS, assert_logits_close, memory_path,
     convert_fixture, greedy_run, open_model, patched_llama_cpp, prompt_tokens, reference_logits,
 )
 
@@ -48,30 +48,33 @@ def test_logits_match_reference(family, variant, sinks, fixtures_root, gguf_dir,
 
     runs = {}
     for n_ubatch in UBATCHES:
-        for composed in (False, True):
-            with composed_memory(composed):
+        for mpath in MEMORY_PATHS:
+            with memory_path(mpath):
                 llm = open_model(path, window=WINDOW, sinks=sinks, n_ubatch=n_ubatch)
-                runs[(n_ubatch, composed)] = greedy_run(llm, prompt, N_DECODE)
+                runs[(n_ubatch, mpath)] = greedy_run(llm, prompt, N_DECODE)
                 del llm
 
     # every run decoded the same tokens (checked below through the logits); the reference
     # evaluates exactly those tokens in one parallel pass
-    tokens = runs[(64, False)][0]
+    tokens = runs[(64, "fused")][0]
     want = reference_logits(ref, tokens, window=WINDOW, sinks=sinks)
-    for (n_ubatch, composed), (toks, got) in runs.items():
-        what = f"{family}/{variant} S={sinks} ubatch={n_ubatch} {'composed' if composed else 'fused'}"
+    for (n_ubatch, mpath), (toks, got) in runs.items():
+        what = f"{family}/{variant} S={sinks} ubatch={n_ubatch} {mpath}"
         assert toks == tokens, f"{what}: greedy tokens differ from the ubatch-64 fused run"
         assert_logits_close(got, want, what=what)
 
-    # fused == stock-op composition, tightly (same ubatch, same everything else)
     for n_ubatch in UBATCHES:
-        fused, comp = runs[(n_ubatch, False)][1], runs[(n_ubatch, True)][1]
-        err = float(np.abs(fused - comp).max())
+        fused = runs[(n_ubatch, "fused")][1]
+        # in place == gathered and copied back, exactly: the same kernel on the same floats
+        np.testing.assert_array_equal(fused, runs[(n_ubatch, "fused-copy")][1],
+                                      err_msg=f"{family}/{variant} S={sinks} ubatch={n_ubatch}: in-place vs state copy")
+        # fused == stock-op composition, tightly (same ubatch, same everything else)
+        err = float(np.abs(fused - runs[(n_ubatch, "composed")][1]).max())
         assert err <= 1e-4 * float(np.abs(fused).max()), f"{family}/{variant} S={sinks} ubatch={n_ubatch}: fused vs composed {err}"
 
     # the memory matters on these fixtures: sinks + window alone is far off
     window_only = reference_logits(ref, tokens, mode="window", window=WINDOW, sinks=sinks)
-    assert np.abs(window_only - want).max() > 100 * np.abs(runs[(64, False)][1] - want).max()
+    assert np.abs(window_only - want).max() > 100 * np.abs(runs[(64, "fused")][1] - want).max()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
