@@ -156,6 +156,12 @@ def removing(*paths: Path) -> Iterator[None]:
                 p.unlink()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(out: Path) -> Iterator[Path]:
     """Yield a temporary path beside `out`; rename it to `out` only if the block completes.
@@ -166,6 +172,7 @@ def atomic_output(out: Path) -> Iterator[Path]:
     tmp = temp_path(out, "part")
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; a finished output gets a normal file's mode
         os.replace(tmp, out)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

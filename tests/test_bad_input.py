@@ -97,6 +97,8 @@ def test_tensor_pointing_past_the_end(tiny, tmp_path):
     ({f"{ARCH}.attention.head_count_kv": 0}, "head_count_kv"),
     ({f"{ARCH}.block_count": 3}, "must list 3 layer flags"),
     ({f"{ARCH}.ahn.layers": [1]}, "layer flags"),
+    # llama-cpp-python compiles the template at load time (jinja2.TemplateSyntaxError otherwise)
+    ({"tokenizer.chat_template": "{% for m in messages %}{{ m.content }"}, "chat_template is not a valid Jinja"),
 ])
 def test_metadata_contradicts_tensors(tiny, tmp_path, changes, match):
     from ahn_gguf.errors import AHNModelError
