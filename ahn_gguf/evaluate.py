@@ -296,20 +296,25 @@ def run_eval(engine: Engine, sequences, *, lengths, modes=MODES, passkey_trials:
         res.nll[m] = {c: sums[m][c] / max(counts[c], 1) for c in lengths}
         res.ppl[m] = {c: math.exp(v) for c, v in res.nll[m].items()}
     res.positions = counts
-    if all(m in modes for m in MODES):
-        for c in lengths:
-            gap = res.ppl["window"][c] - res.ppl["full"][c]
-            res.gap_closed[c] = (res.ppl["window"][c] - res.ppl["ahn"][c]) / gap if abs(gap) > 1e-12 else None
+    gap_closed(res)
 
     if passkey_trials > 0:
         rng = np.random.default_rng(seed)
-        prompts = {c: [passkey_prompt(engine, c, rng) for _ in range(passkey_trials)] for c in lengths}
-        bar = tqdm(total=len(modes) * len(lengths) * passkey_trials, desc="passkey", disable=not progress,
+        prompts = {}
+        for c in lengths:
+            try:
+                prompts[c] = [passkey_prompt(engine, c, rng) for _ in range(passkey_trials)]
+            except ValueError:
+                res.notes.append(f"passkey: context {c} is too short for the prompt; not probed")
+        bar = tqdm(total=len(modes) * len(prompts) * passkey_trials, desc="passkey", disable=not progress,
                    file=sys.stderr)
         for m in modes:
             t0 = time.time()
             res.passkey[m] = {}
             for c in lengths:
+                if c not in prompts:
+                    res.passkey[m][c] = None
+                    continue
                 hits, nlls = 0, []
                 for ids, n_ans in prompts[c]:
                     nll, top1 = engine.score(ids, m)
@@ -321,6 +326,38 @@ def run_eval(engine: Engine, sequences, *, lengths, modes=MODES, passkey_trials:
             res.seconds[f"passkey_{m}"] = round(time.time() - t0, 1)
         bar.close()
     return res
+
+
+def gap_closed(res: EvalResult) -> None:
+    """Fill res.gap_closed when all three modes are there."""
+    if all(m in res.ppl for m in MODES):
+        for c in res.lengths:
+            gap = res.ppl["window"][c] - res.ppl["full"][c]
+            res.gap_closed[c] = (res.ppl["window"][c] - res.ppl["ahn"][c]) / gap if abs(gap) > 1e-12 else None
+
+
+def merge_previous(res: EvalResult, previous: dict) -> list[str]:
+    """Take the modes `res` lacks from an earlier result of the same setting (same W, S, lengths,
+    documents): full attention and sinks + window do not depend on the AHN weights, so they can be
+    measured once, e.g. while the AHN is still training. Returns the modes taken."""
+    same = (previous["window"] == res.window and previous["sinks"] == res.sinks
+            and [int(c) for c in previous["lengths"]] == res.lengths and previous["documents"] == res.documents)
+    if not same:
+        raise ValueError("--reuse: the earlier result has another window, sinks, lengths or documents")
+    taken = []
+    for m in MODES:
+        if m in res.ppl or m not in previous["ppl"]:
+            continue
+        res.nll[m] = {int(c): v for c, v in previous["nll"][m].items()}
+        res.ppl[m] = {int(c): v for c, v in previous["ppl"][m].items()}
+        if res.passkey and m in previous.get("passkey", {}):
+            res.passkey[m] = {int(c): v for c, v in previous["passkey"][m].items()}
+        for k, v in previous.get("seconds", {}).items():
+            if k.endswith("_" + m):
+                res.seconds[k] = v
+        taken.append(m)
+    gap_closed(res)
+    return taken
 
 
 # --- reports -------------------------------------------------------------------------------------------
@@ -351,7 +388,8 @@ def markdown(res: EvalResult, title: str, extra: list[str] | None = None) -> str
                   "| context C | " + " | ".join(MODE_LABEL[m] for m in modes) + " |",
                   "|" + " --- |" * (1 + len(modes))]
         for c in res.lengths:
-            cells = [f"{res.passkey[m][c]['accuracy']:.2f} (NLL {res.passkey[m][c]['nll']:.2f})" for m in modes]
+            cells = ["n/a" if res.passkey[m][c] is None else
+                     f"{res.passkey[m][c]['accuracy']:.2f} (NLL {res.passkey[m][c]['nll']:.2f})" for m in modes]
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
     if res.notes:
         lines += [""] + [f"- {n}" for n in res.notes]
@@ -379,7 +417,8 @@ def plot(res: EvalResult, path: Path, title: str) -> None:
     if res.passkey:
         ax = axes[0][1]
         for m in modes:
-            ax.plot(res.lengths, [res.passkey[m][c]["accuracy"] for c in res.lengths], marker="o",
+            cs = [c for c in res.lengths if res.passkey[m][c] is not None]
+            ax.plot(cs, [res.passkey[m][c]["accuracy"] for c in cs], marker="o",
                     label=MODE_LABEL[m])
         ax.set_xscale("log", base=2)
         ax.set_ylim(-0.05, 1.05)
@@ -444,6 +483,9 @@ def register(subparsers, name: str, help_text: str) -> None:
     p.add_argument("-o", "--output", default=None, metavar="PATH",
                    help="report path without suffix (default reports/eval-<model name>)")
     p.add_argument("--title", default=None)
+    p.add_argument("--reuse", metavar="JSON", help="take the modes not in --modes from this earlier result "
+                                                   "(same W, S, lengths, documents)")
+    p.add_argument("--notes", metavar="FILE", help="markdown to put under the title of the report (provenance, training)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run)
 
@@ -477,12 +519,17 @@ def _run(args) -> int:
     res = run_eval(engine, sequences, lengths=lengths, modes=modes, passkey_trials=args.passkey_trials,
                    seed=args.seed, progress=not args.no_progress)
     res.data = prov
+    if args.reuse:
+        taken = merge_previous(res, json.loads(Path(args.reuse).read_text()))
+        res.notes.append(f"modes {', '.join(taken)} taken from {args.reuse} (they do not depend on the AHN weights)")
     res.seconds["total"] = round(time.time() - t0, 1)
     name = Path(args.model).stem if args.engine == "gguf" else Path(str(args.ahn or args.model)).name
     out = Path(args.output) if args.output else Path("reports") / f"eval-{name}"
     title = args.title or f"AHN evaluation: {name} ({args.engine} engine)"
     extra = [f"Model: `{args.model}`" + (f" + AHN `{args.ahn}`" if args.ahn else "") + f", engine {args.engine}.",
              f"Held-out text: {prov.get('deb', prov.get('folder', '?'))}; {prov.get('split', '')}."]
+    if args.notes:
+        extra = [Path(args.notes).read_text().rstrip(), ""] + extra
     paths = write_report(res, out, title, extra)
     print(markdown(res, title, extra))
     print("written: " + ", ".join(str(p) for p in paths.values()))

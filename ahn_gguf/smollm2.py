@@ -79,7 +79,7 @@ def hf_config(meta: dict) -> dict:
         "num_hidden_layers": meta["llama.block_count"],
         "num_key_value_heads": meta["llama.attention.head_count_kv"],
         "pretraining_tp": 1,
-        "rms_norm_eps": float(np.float32(meta["llama.attention.layer_norm_rms_epsilon"]).round(8)),
+        "rms_norm_eps": float(f"{meta['llama.attention.layer_norm_rms_epsilon']:.7g}"),  # f32 1e-5 -> 1e-05
         "rope_scaling": None,
         "rope_theta": float(meta["llama.rope.freq_base"]),
         "tie_word_embeddings": True,

@@ -36,13 +36,13 @@ def test_bench_runtime_report(tiny_pair, tmp_path, monkeypatch):
     stock, ahn = tiny_pair
     bw = {"inplace_scale": 20.0, "copy": 15.0, "triad": 18.0, "bound": 20.0, "array_mib": 1.0}
     monkeypatch.setattr(op, "measure_bandwidth", lambda threads, quick: dict(bw))
-    args = runtime.default_args(stock=str(stock), ahn=str(ahn), window=W, sinks=S, multiples="0.5,1,4",
+    args = runtime.default_args(stock=str(stock), ahn=str(ahn), window=W, sinks=S, multiples="0.5,1,2,4",
                                 decode_tokens=3, n_batch=16, short_repeats=2, out=str(tmp_path), name="rt")
     assert runtime.main(args) == 0
 
     result = json.loads((tmp_path / "rt.json").read_text())
     (mr,) = result["models"]
-    assert mr["checkpoints"] == [8, 16, 64]
+    assert mr["checkpoints"] == [8, 16, 32, 64]
     assert list(mr["modes"]) == [runtime.STOCK, runtime.STOCK_FA, runtime.WINDOW, runtime.AHN, runtime.COMPOSED]
     mb = runtime.model_bytes(stock)
     per_cell = mb.kv_bytes_per_cell_f16
@@ -51,7 +51,7 @@ def test_bench_runtime_report(tiny_pair, tmp_path, monkeypatch):
         pts = m["points"]
         assert [p["L"] for p in pts] == mr["checkpoints"]
         # the points inside the window were measured twice, the others once
-        assert [p["runs"] for p in pts] == [2, 2, 1]
+        assert [p["runs"] for p in pts] == [2, 2, 1, 1]
         for p in pts:
             assert p["prefill_tok_s"] == pytest.approx(p["prefill_tokens"] / p["prefill_s"])
             assert len(p["decode_step_s"]) == 3
@@ -67,7 +67,7 @@ def test_bench_runtime_report(tiny_pair, tmp_path, monkeypatch):
             else:
                 assert p["cache_live_bytes"] == p["ahn_memory"]["total_bytes"]
                 assert p["cache_live_bytes"] == p["formula_bytes"]
-        assert [p["prefill_tokens"] for p in pts] == [8, 16 - 3, 64 - 6]
+        assert [p["prefill_tokens"] for p in pts] == [8, 16 - 3, 32 - 6, 64 - 9]
 
     # cache: flat beyond S + W, constant allocation
     ahn_pts = mr["modes"][runtime.AHN]["points"]
@@ -90,7 +90,17 @@ def test_bench_runtime_report(tiny_pair, tmp_path, monkeypatch):
     assert t["cache_max_rel_error_vs_formula"] == 0 and t["cache_live_flat_beyond_window"] == 0 and t["cache_ok"] is True
     assert t["inside_window"]["Ls"] == [8, 16]
     assert "at_8W" not in t  # no 8 W point in this run
-    assert t["memory_step_ok"] in (True, False, None) and t["memory_step"]["L"] == 64
+    # the memory step in steady state: slopes and medians of the points beyond S + W = 20
+    ms = t["memory_step"]
+    assert (ms["from_L"], ms["to_L"]) == (32, 64) and t["memory_step_ok"] in (True, False, None)
+    for m in (runtime.WINDOW, runtime.AHN, runtime.COMPOSED):
+        a, b = pts[m][32], pts[m][64]
+        st = ms["steady"][m]
+        assert st["prefill_ms_per_token"] == pytest.approx(1e3 * (b["prefill_s"] - a["prefill_s"]) / (b["prefill_tokens"] - a["prefill_tokens"]))
+        assert st["decode_ms"] == pytest.approx(1e3 * statistics.median(a["decode_step_s"] + b["decode_step_s"]))
+    assert ms["prefill_fused_ms"] == pytest.approx(ms["steady"][runtime.AHN]["prefill_ms_per_token"]
+                                                   - ms["steady"][runtime.WINDOW]["prefill_ms_per_token"])
+    assert ms["decode_composed_ms"] == pytest.approx(ms["steady"][runtime.COMPOSED]["decode_ms"] - ms["steady"][runtime.WINDOW]["decode_ms"])
 
     md = (tmp_path / "rt.md").read_text()
     for heading in ("### Prefill tokens/s", "### Decode tokens/s", "### Cache bytes", "### Decode against the memory-bandwidth bound",

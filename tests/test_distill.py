@@ -157,15 +157,19 @@ def small_config(fixtures_root, text_folder, out, **kw):
 
 
 def test_a_short_run_lowers_the_kl_on_the_same_batch(fixtures_root, text_folder, tmp_path):
-    d = Distiller(small_config(fixtures_root, text_folder, tmp_path / "run", steps=12, warmup=0.0,
-                               o_proj_std=0.02))
-    batch = torch.from_numpy(d.data.sequences[:4]).long()
+    """Eight steps on one batch (two sequences, one W and S) from a zero o_proj: the KL on that
+    batch falls well below its value before training."""
+    d = Distiller(small_config(fixtures_root, text_folder, tmp_path / "run", steps=8, warmup=0.0,
+                               max_sequences=2, spans=(36,), sinks=(4,)))
+    batch = torch.from_numpy(d.data.sequences).long()
     with torch.no_grad():
         before = distill_loss(d.model, batch, 32, 4).item()
-    d.run()
+    log = d.run()
     with torch.no_grad():
         after = distill_loss(d.model, batch, 32, 4).item()
-    assert after < 0.9 * before, (before, after)
+    assert log.records[0]["loss"] == pytest.approx(before, rel=1e-5)   # step 1 saw the same batch, untrained
+    print(f"KL on the batch: {before:.4f} before, {after:.4f} after 8 steps")
+    assert after < 0.7 * before, (before, after)
 
 
 def test_written_ahn_loads_in_the_reference_and_converts(fixtures_root, text_folder, tmp_path):

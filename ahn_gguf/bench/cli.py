@@ -47,12 +47,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="the quick variant of each (runtime --quick, op --quick, "
                    "formulas with the 3B runtime check only)")
     p.add_argument("--out", default="reports", help="folder of the reports (default reports/)")
+    p.add_argument("--threads", type=int, default=None, help="threads for all three (default: each one's own default)")
 
 
 def main(args: argparse.Namespace) -> int:
     for name in ALL:
         mod = importlib.import_module(f"ahn_gguf.bench.{name}")
         sub = mod.default_args(out=args.out)
+        if args.threads is not None:
+            sub.threads = args.threads
         if name in ("op", "runtime"):
             sub.quick = args.quick
         elif args.quick:

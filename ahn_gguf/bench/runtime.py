@@ -96,7 +96,7 @@ class BenchModel:
 # per-model defaults: window W for the full and the quick run
 MODEL_DEFAULTS = {
     "smollm2-135m": dict(window=1024, quick_window=128),
-    "qwen2.5-0.5b": dict(window=512, quick_window=128),
+    "qwen2.5-0.5b": dict(window=1024, quick_window=128),
 }
 DEFAULT_SINKS = 64
 # context lengths as multiples of W (the task: from W/2 to >= 16 W)
@@ -529,19 +529,36 @@ def compare(result_model: dict) -> dict:
             t["inside_window"]["same_fa_prefill_slowdown"] = 1 / min(r["ahn_prefill_vs_stock_same_fa"] for r in inside) - 1
             t["inside_window"]["same_fa_decode_slowdown"] = 1 / min(r["ahn_decode_vs_stock_same_fa"] for r in inside) - 1
         t["inside_window_ok"] = 1 / worst_pre - 1 <= 0.05 and 1 / worst_dec - 1 <= 0.05
-    # the memory step is judged at the longest context (the most evicted tokens)
-    mem_rows = [r for r in rows if r["L"] > S + W and "memory_prefill_composed_over_fused" in r]
-    if mem_rows:
-        last = mem_rows[-1]
-        t["memory_step"] = {"L": last["L"],
-                            "prefill_fused_s": last["memory_prefill_s_fused"], "prefill_composed_s": last["memory_prefill_s_composed"],
-                            "prefill_composed_over_fused": last["memory_prefill_composed_over_fused"],
-                            "decode_fused_ms": last["memory_decode_ms_fused"], "decode_composed_ms": last["memory_decode_ms_composed"],
-                            "decode_composed_over_fused": last["memory_decode_composed_over_fused"]}
-        ratio = last["memory_prefill_composed_over_fused"]
-        # None: the fused step's cost is not measurable (AHN mode not slower than window-only)
+    # the memory step in steady state (beyond S + W every token evicts one, so the per-token cost of the
+    # window modes is constant there): prefill = slope of the cumulative prefill time between the first and
+    # the last point beyond the window; decode = median of all decode steps beyond it. Robust to the noise
+    # of a single point, which the per-point differences in `rows` are not.
+    steady = {m: _steady(result_model["modes"][m]["points"], S + W) for m in (WINDOW, AHN, COMPOSED) if m in pts}
+    if len(steady) == 3 and all(steady.values()):
+        w, f, c = steady[WINDOW], steady[AHN], steady[COMPOSED]
+        ms = {"from_L": f["from_L"], "to_L": f["to_L"], "steady": steady}
+        for what in ("prefill_ms_per_token", "decode_ms"):
+            fu, co = f[what] - w[what], c[what] - w[what]
+            key = what.split("_")[0]
+            ms[f"{key}_fused_ms"], ms[f"{key}_composed_ms"] = fu, co
+            ms[f"{key}_composed_over_fused"] = co / fu if fu > 0 else None
+        t["memory_step"] = ms
+        ratio = ms["prefill_composed_over_fused"]
+        # None: the fused step's cost is not measurable (the AHN mode is not slower than window-only)
         t["memory_step_ok"] = None if ratio is None else ratio >= 2
     return {"rows": rows, "targets": t}
+
+
+def _steady(points: list[dict], lossless: int) -> dict | None:
+    """Per-token prefill and decode time of a mode beyond the lossless span S + W (see compare)."""
+    beyond = [p for p in points if p["L"] > lossless]
+    if len(beyond) < 2:
+        return None
+    a, b = beyond[0], beyond[-1]
+    steps = [x for p in beyond for x in p["decode_step_s"]]
+    return {"from_L": a["L"], "to_L": b["L"],
+            "prefill_ms_per_token": 1e3 * (b["prefill_s"] - a["prefill_s"]) / (b["prefill_tokens"] - a["prefill_tokens"]),
+            "decode_ms": 1e3 * statistics.median(steps), "decode_steps": len(steps)}
 
 
 def prompt_tokens(n: int, n_vocab: int, seed: int = 0) -> list[int]:
@@ -606,12 +623,27 @@ def prepare_models(args: argparse.Namespace, log: Callable[[str], None]) -> list
     return out
 
 
+def busy_warning(threads: int) -> str | None:
+    """A sentence when other processes keep the CPUs busy: ggml's threads meet at a spinning barrier
+    after every op, so with a thread per core and a busy machine each barrier can wait a whole
+    scheduler time slice (measured here: SmolLM2 decode at 0.7 tok/s instead of ~70)."""
+    load = os.getloadavg()[0]
+    cpus = os.cpu_count() or 1
+    if load < 0.5:
+        return None
+    return (f"the machine is busy (1-minute load average {load:.1f} on {cpus} CPUs before this run started); with "
+            f"{threads} thread(s) the timings are distorted" + (", possibly by orders of magnitude" if threads >= cpus else ""))
+
+
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
     from ahn_gguf.bench import op
 
     import llama_cpp
 
     t0 = time.perf_counter()
+    busy = busy_warning(args.threads)
+    if busy:
+        log(f"[bench] WARNING: {busy}")
     models = prepare_models(args, log)
     bw = op.measure_bandwidth(args.threads, args.quick)
     log(f"[bench] memory bandwidth: {bw['bound']:.1f} GB/s (in-place scale {bw['inplace_scale']:.1f}, "
@@ -622,6 +654,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
                     "load_avg_at_start": os.getloadavg()},
         "settings": {k: v for k, v in vars(args).items() if k not in ("func",) and not callable(v)},
         "bandwidth_gbs": bw,
+        "busy_warning": busy,
         "models": [],
     }
     for model in models:
@@ -655,6 +688,8 @@ def markdown(result: dict, plots: dict[str, str] | None = None) -> str:
     bw = result["bandwidth_gbs"]
     m0 = result["machine"]
     lines = ["# Runtime benchmark: stock full attention vs sinks + window + AHN", ""]
+    if result.get("busy_warning"):
+        lines += [f"> **Warning**: {result['busy_warning']}.", ""]
     if s.get("quick"):
         lines += ["> **QUICK RUN** (`--quick`: small windows and contexts, few repetitions) — a smoke test of the "
                   "benchmark, not the reference numbers.", ""]
@@ -693,8 +728,8 @@ def markdown(result: dict, plots: dict[str, str] | None = None) -> str:
 def _summary(result: dict) -> list[str]:
     out = ["## Summary (measured; targets of the issue in brackets)", "",
            "| model | W / S | cache at max L: stock / AHN [AHN within 5% of formula, flat] | at 8 W prefill / decode vs stock "
-           "[>= 2x] | inside the window, AHN slower by (prefill / decode) [<= 5%] | memory step composed / fused, "
-           "prefill [>= 2x] |", "|---|---|---|---|---|---|"]
+           "[>= 2x] | inside the window, AHN slower by (prefill / decode) [<= 5%] | memory step, composed / fused "
+           "cost per token beyond the window, prefill [>= 2x] |", "|---|---|---|---|---|---|"]
     for mr in result["models"]:
         t = mr["targets"]
         c = t.get("cache_at_max_L")
@@ -706,7 +741,8 @@ def _summary(result: dict) -> list[str]:
         ins = (f"{_pct(iw['prefill_slowdown'])} / {_pct(iw['decode_slowdown'])} ({_ok(t['inside_window_ok'])})"
                if iw else "–")
         ms = t.get("memory_step")
-        mem = f"{_f(ms['prefill_composed_over_fused'], '.2f')}x at L = {ms['L']} ({_ok(t['memory_step_ok'])})" if ms else "–"
+        mem = (f"{_f(ms['prefill_composed_over_fused'], '.2f')}x (decode {_f(ms['decode_composed_over_fused'], '.2f')}x) "
+               f"({_ok(t['memory_step_ok'])})") if ms else "–"
         out.append(f"| {mr['name']} | {mr['window']} / {mr['sinks']} | {cache} | {at8} | {ins} | {mem} |")
     return out + [""]
 
@@ -758,7 +794,7 @@ def _model_section(mr: dict, plot: str | None) -> list[str]:
                  for m in modes_.values()]
         L.append(f"| {Lx} | " + " | ".join(cells) + " |")
     if all(m in modes_ for m in (WINDOW, AHN, COMPOSED)):
-        L += ["", "### Memory-step cost (AHN mode − window-only mode)", "",
+        L += ["", "### Memory-step cost (AHN mode − window-only mode), per point (noisy; the targets use the steady state)", "",
               "| L | prefill fused s | prefill composed s | composed / fused | decode fused ms | decode composed ms | "
               "composed / fused |", "|---:|---:|---:|---:|---:|---:|---:|"]
         for r in mr["rows"]:
@@ -795,11 +831,14 @@ def _targets_lines(mr: dict) -> list[str]:
                    f"(negative = faster){same}.")
     if "memory_step" in t:
         a = t["memory_step"]
-        out.append(f"- Fused memory step >= 2x the composition: {_ok(t['memory_step_ok'])} — at L = {a['L']}: prefill "
-                   f"{a['prefill_fused_s']:.3f} s fused vs {a['prefill_composed_s']:.3f} s composed "
+        out.append(f"- Fused memory step >= 2x the composition: {_ok(t['memory_step_ok'])} — steady state beyond the "
+                   f"window (L = {a['from_L']} .. {a['to_L']}), cost over the window-only mode per token: prefill "
+                   f"{a['prefill_fused_ms']:.3f} ms fused vs {a['prefill_composed_ms']:.3f} ms composed "
                    f"({_f(a['prefill_composed_over_fused'], '.2f')}x); decode {a['decode_fused_ms']:.3f} ms vs "
-                   f"{a['decode_composed_ms']:.3f} ms per token ({_f(a['decode_composed_over_fused'], '.2f')}x; a "
-                   "difference of two noisy timings, indicative only).")
+                   f"{a['decode_composed_ms']:.3f} ms ({_f(a['decode_composed_over_fused'], '.2f')}x). The memory step "
+                   "here is everything the AHN adds to a layer: write-gate projections, the memory update and read, "
+                   "and the readout (norm, output gate, per-head projection); only the update/read differs between "
+                   "fused and composed.")
     return out
 
 
@@ -813,7 +852,7 @@ def plot(result: dict, out_dir: Path, stem: str) -> dict[str, str]:
     except ImportError:
         return {}
     files = {}
-    style = {STOCK: ("tab:red", "--"), STOCK_FA: ("tab:red", "-"), WINDOW: ("tab:gray", ":"),
+    style = {STOCK: ("tab:red", "--"), STOCK_FA: ("tab:orange", "-"), WINDOW: ("tab:gray", ":"),
              AHN: ("tab:blue", "-"), COMPOSED: ("tab:green", "-.")}
     for mr in result["models"]:
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -887,6 +926,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="small run (W = 128, k = 8, short points twice): validates the pipeline in minutes")
     p.add_argument("--out", default="reports", help="folder of the report (default reports/)")
     p.add_argument("--name", default=None, help="file stem (default bench-runtime, bench-runtime-quick with --quick)")
+    p.add_argument("--from-json", default=None, metavar="JSON",
+                   help="measure nothing: recompute the ratios and targets from a previous run's JSON and rewrite its "
+                        "report (markdown, plots) into --out")
 
 
 def default_args(**overrides: Any) -> argparse.Namespace:
@@ -918,7 +960,20 @@ def _command_line(args: argparse.Namespace) -> str:
     return "ahn-gguf bench runtime" + (" --quick" if args.quick else "") + " (called from Python)"
 
 
+def rerender(path: str | Path, out_dir: Path, stem: str | None = None) -> tuple[Path, Path]:
+    """Rewrite a report from its JSON (the measured points are all in it)."""
+    path = Path(path)
+    result = json.loads(path.read_text())
+    for mr in result["models"]:
+        mr.update(compare(mr))
+    return write_report(result, out_dir, stem or path.stem)
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.from_json:
+        md, js = rerender(args.from_json, Path(args.out), args.name)
+        print(f"wrote {md}, {js}")
+        return 0
     if args.threads < 1 or args.decode_tokens < 1 or args.repeats < 1:
         raise ValueError("--threads, --decode-tokens and --repeats must be >= 1")
     _apply_quick(args)

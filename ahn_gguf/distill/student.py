@@ -36,8 +36,9 @@ from ..reference.model import ReferenceModel, repeat_kv, rope_cos_sin, window_ma
 from ..reference.recurrence import scan as reference_scan
 from .scan import chunked_scan
 
-# positions per KL chunk: bounds the [chunk, vocab] logits alive at once
-KL_CHUNK = 512
+# positions per KL chunk: bounds the [chunk, vocab] logits alive at once; 128 x 49k-vocab floats
+# (25 MB) stay under glibc's mmap threshold as tuned by distill.trainer (fewer page faults)
+KL_CHUNK = 128
 
 
 @dataclass
@@ -47,7 +48,6 @@ class TeacherPass:
     prefix: int                                   # P = S + W (clipped to L)
     layers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]   # (u, k, v) [B, P, ...] per layer
     logp_chunks: list[torch.Tensor]              # teacher log-softmax over positions P.., KL_CHUNK at a time
-    x_prefix_out: torch.Tensor | None = None     # unused by the loss; kept for debugging
 
 
 def _autocast(device: torch.device, bf16: bool):
@@ -56,6 +56,12 @@ def _autocast(device: torch.device, bf16: bool):
 
 def _no_autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, enabled=False) if bf16 else nullcontext()
+
+
+def _rope(positions: torch.Tensor, cfg, device: torch.device):
+    """RoPE cos/sin computed on the CPU (as the reference does) and moved to `device`."""
+    cos, sin = rope_cos_sin(positions.cpu(), cfg.head_dim, cfg.rope_theta)
+    return cos.to(device), sin.to(device)
 
 
 def _attend(q, k, v, mask, n_rep: int, causal: bool = False):
@@ -76,9 +82,7 @@ def teacher_pass(model: ReferenceModel, ids: torch.Tensor, prefix: int, *, bf16:
     B, L = ids.shape
     P = min(prefix, L)
     cfg = model.config
-    pos = torch.arange(L, device=ids.device)
-    cos, sin = rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta)
-    cos, sin = cos.to(ids.device), sin.to(ids.device)
+    cos, sin = _rope(torch.arange(L), cfg, ids.device)
     layers = []
     with _autocast(ids.device, bf16):
         x = model.model.embed_tokens(ids).float()
@@ -133,8 +137,7 @@ def student_hidden(model: ReferenceModel, ids: torch.Tensor, teacher: TeacherPas
         raise ValueError(f"prefix {P} > S + W = {sinks + window}: the student differs from the teacher there")
     cfg = model.config
     pos = torch.arange(L, device=ids.device)
-    cos, sin = rope_cos_sin(pos[P:], cfg.head_dim, cfg.rope_theta)
-    cos, sin = cos.to(ids.device), sin.to(ids.device)
+    cos, sin = _rope(torch.arange(P, L), cfg, ids.device)
     mask = window_mask(pos[P:], pos, window, sinks)
     with _autocast(ids.device, bf16):
         x = model.model.embed_tokens(ids[:, P:]).float()
