@@ -12,12 +12,13 @@ from pathlib import Path
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_AHN_SIDECAR = DATA_DIR / "smollm2-135m-ahn-gdn.gguf"
+DEFAULT_TRAINING_LOG = DATA_DIR / "smollm2-135m-ahn-gdn.training-log.json"   # `ahn-gguf distill`'s log of its run
 
 
 def _smollm2_base_gguf() -> Path:
-    from ahn_gguf.smollm2 import smollm2_gguf_path
+    from ahn_gguf.smollm2 import gguf_path
 
-    return Path(smollm2_gguf_path())
+    return Path(gguf_path())
 
 
 def default_model_path() -> Path:
