@@ -33,8 +33,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..reference.model import ReferenceModel, repeat_kv, rope_cos_sin, window_mask
-from ..reference.recurrence import scan as reference_scan
-from .scan import chunked_scan
+from ..reference.recurrence import chunked_scan, scan as reference_scan
 
 # positions per KL chunk: bounds the [chunk, vocab] logits alive at once; 128 x 49k-vocab floats
 # (25 MB) stay under glibc's mmap threshold as tuned by distill.trainer (fewer page faults)
@@ -115,7 +114,8 @@ def _student_layer(layer, x, u_pre, k_pre, v_pre, cos, sin, mask, window: int, s
             r0 = sinks + window - P                             # ... and read by queries S+W .. L-1
             u_all = torch.cat([u_pre.float(), u.float()], 1)
             g, b = layer.ahn.write_gates(u_all[:, written])
-            scan = chunked_scan if impl == "chunked" else partial(reference_scan, impl=impl)
+            scan = (partial(chunked_scan, flush_subnormals=True) if impl == "chunked"   # subnormals: see LOG_FLUSH
+                    else partial(reference_scan, impl=impl))
             o, _ = scan(layer.ahn.variant, q[:, r0:].float(), repeat_kv(k_all[:, written].float(), layer.n_rep),
                         repeat_kv(v_all[:, written].float(), layer.n_rep), g, b)
             y = F.pad(layer.ahn.readout(o, u[:, r0:].float()), (0, 0, r0, 0))  # earlier queries: empty memory

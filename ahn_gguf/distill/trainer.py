@@ -122,7 +122,7 @@ def tune_cpu_runtime(threads: int) -> None:
       before torch is first imported): on a loaded machine spinning threads made a step 2-3x slower.
     - glibc malloc keeps freed memory instead of unmapping it (each step allocates the same
       ~100 MB tensors again; mmap/munmap of them cost ~25% of a step in page faults).
-    - subnormal floats flushed to zero in this thread (see distill.scan for the worker threads).
+    - subnormal floats flushed to zero in this thread (reference.recurrence.LOG_FLUSH for the worker threads).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if sys.platform.startswith("linux"):

@@ -78,7 +78,24 @@ def naive_scan(variant, q, k, v, g, b, write_mask=None, state=None):
     return (o, M) if batched else (o[0], M[0])
 
 
-def chunked_scan(variant, q, k, v, g, b, write_mask=None, state=None, chunk_size: int = DEFAULT_CHUNK):
+# log of the smallest decay factor `chunked_scan(..., flush_subnormals=True)` keeps: exp(-69) ~ 1e-30
+# (float32 subnormals start at 1.2e-38). Strongly decaying heads (A up to 16 at initialisation)
+# give log-decay sums of -100 and less inside one chunk; their exponentials are subnormal, and
+# x86 arithmetic on subnormals is ~100x slower. torch.set_flush_denormal only covers the calling
+# thread, not PyTorch's intra-op workers (a distillation step ran 2-10x slower, erratically, with
+# two threads than with one). A factor below 1e-30 adds nothing a float32 sum can hold.
+LOG_FLUSH = -69.0
+
+
+def _exp(x: torch.Tensor, flush: bool) -> torch.Tensor:
+    """exp(x) as float32 (x float64, -inf allowed); with `flush`, exactly 0 where x < LOG_FLUSH."""
+    if flush:
+        x = x.masked_fill(x < LOG_FLUSH, float("-inf"))
+    return x.exp().float()
+
+
+def chunked_scan(variant, q, k, v, g, b, write_mask=None, state=None, chunk_size: int = DEFAULT_CHUNK,
+                 flush_subnormals: bool = False):
     """Same result as naive_scan, parallel inside chunks of `chunk_size` steps (autograd-friendly).
 
     The UT/WY form of flash-linear-attention's chunk algorithm. Inside a chunk, with
@@ -94,6 +111,7 @@ def chunked_scan(variant, q, k, v, g, b, write_mask=None, state=None, chunk_size
     hence <= 0) are exponentiated, so nothing overflows or loses its small differences.
     A step without a write is g = 0, b = 0: exactly the identity, which is also how T is
     padded to a multiple of the chunk size.
+    `flush_subnormals` sets decay factors below 1e-30 to exactly 0 (LOG_FLUSH: training speed).
     """
     qn, kn, v, g, b, write_mask, S, batched = _prepare(variant, q, k, v, g, b, write_mask, state)
     B, T, H, d = qn.shape
@@ -116,10 +134,10 @@ def chunked_scan(variant, q, k, v, g, b, write_mask=None, state=None, chunk_size
     # cumulative log-decays in float64: G_i - G_j of two large cumsums (strong decay reaches
     # -1000s within a chunk) would otherwise lose the digits of the small difference
     G64 = gc.double().cumsum(-1)                                        # [B, H, N, C]
-    eG = G64.exp().float()                                              # exp(G_i) <= 1
+    eG = _exp(G64, flush_subnormals)                                    # exp(G_i) <= 1
     incl = torch.ones(C, C, dtype=torch.bool, device=qn.device).tril()  # j <= i
     diff = (G64.unsqueeze(-1) - G64.unsqueeze(-2)).masked_fill(~incl, float("-inf"))
-    decay = diff.exp().float()                                           # exp(G_i - G_j), 0 above the diagonal
+    decay = _exp(diff, flush_subnormals)                                 # exp(G_i - G_j), 0 above the diagonal
     qk = (qc @ kc.transpose(-1, -2)) * decay                             # [B, H, N, C, C]
 
     if variant == MAMBA2:
@@ -134,7 +152,7 @@ def chunked_scan(variant, q, k, v, g, b, write_mask=None, state=None, chunk_size
         sol = torch.linalg.solve_triangular(IA, rhs, upper=False, unitriangular=True)
         u, w = sol[..., :dv], sol[..., dv:]
 
-    tail = (G64[..., -1:] - G64).exp().float()                           # exp(G_C - G_j) <= 1
+    tail = _exp(G64[..., -1:] - G64, flush_subnormals)                   # exp(G_C - G_j) <= 1
     outs = []
     for n in range(N):
         U = u[:, :, n] if w is None else u[:, :, n] - w[:, :, n] @ S
