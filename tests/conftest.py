@@ -17,3 +17,15 @@ def fixtures_root():
     root = default_fixtures_root()
     make_fixtures(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: a second intra-op thread only adds waiting.
+    Modules that run the PyTorch reference use it: pytestmark = pytest.mark.usefixtures(...)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -123,7 +123,7 @@ def gathered_inputs(case: Case, s: int):
     """Sequence s of a case as the reference wants it: (q, k, v, g, b, write_mask, state)
     in float64, K/V rows gathered by idx and repeat-interleaved, state in SPEC orientation."""
     m = case.meta
-    H, d, n_rep, kv = m["H"], m["d"], m["n_rep"], m["kv_size"]
+    H, n_rep, kv = m["H"], m["n_rep"], m["kv_size"]
     v_log = case.v_cache.transpose(0, 3, 1, 2) if case.v_transposed else case.v_cache
     rows = case.idx[s]
     T = rows.shape[0]

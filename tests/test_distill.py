@@ -22,18 +22,11 @@ from ahn_gguf.distill.trainer import (
     draw_window,
     lr_factor,
 )
-from ahn_gguf.fixtures import LLAMA_BASE, LLAMA_MERGED, ahn_folder, base_folder
+from ahn_gguf.fixtures import LLAMA_BASE, LLAMA_MERGED, ahn_folder
 from ahn_gguf.reference import attach_ahn, load_reference
 from ahn_gguf.reference.recurrence import chunked_scan, naive_scan
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: a second intra-op thread only adds waiting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 WORDS = ("the memory of a model keeps every token that leaves its window in a compact recurrent "

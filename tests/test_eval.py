@@ -6,18 +6,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from ahn_gguf import evaluate as ev
 from ahn_gguf.fixtures import LLAMA_BASE, ahn_folder
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_sequences(n, length, vocab, seed=0):

@@ -20,13 +20,7 @@ from ahn_gguf.reference import (
 )
 from ahn_gguf.reference.model import rope_cos_sin, window_mask
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: on a shared 2-core machine, intra-op threads only add waiting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 W_TEST = 8        # small window: sequences of >= 8 * (S + W) tokens stay short

@@ -36,6 +36,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import parsed_defaults
+
 PAPER_SINKS, PAPER_WINDOW = 128, 32640
 PAPER_L = 128_000          # "128k" as the paper's figures count it (see the module docstring)
 RUNTIME_N_CTX = 131_072
@@ -458,14 +460,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def default_args(**overrides: Any) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    args = p.parse_args([])
-    for k, v in overrides.items():
-        if not hasattr(args, k):
-            raise TypeError(f"unknown bench formulas option {k!r}")
-        setattr(args, k, v)
-    return args
+    """The command line's defaults, for calling run() from Python."""
+    return parsed_defaults(add_arguments, "formulas", overrides)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ahn_gguf import constants, native
+from . import parsed_defaults
 
 # (H, H_kv, d, layers) of the base models the AHN checkpoints target
 MODELS = {
@@ -349,14 +350,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def default_args(**overrides: Any) -> argparse.Namespace:
     """The command line's defaults, for calling run() from Python."""
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    args = p.parse_args([])
-    for k, v in overrides.items():
-        if not hasattr(args, k):
-            raise TypeError(f"unknown bench op option {k!r}")
-        setattr(args, k, v)
-    return args
+    return parsed_defaults(add_arguments, "op", overrides)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -47,6 +47,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ahn_gguf import constants as C
+from . import parsed_defaults
 
 # --- modes ------------------------------------------------------------------------------------
 
@@ -951,14 +952,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def default_args(**overrides: Any) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    args = p.parse_args([])
-    for k, v in overrides.items():
-        if not hasattr(args, k):
-            raise TypeError(f"unknown bench runtime option {k!r}")
-        setattr(args, k, v)
-    return args
+    """The command line's defaults, for calling run() from Python."""
+    return parsed_defaults(add_arguments, "runtime", overrides)
 
 
 def _apply_quick(args: argparse.Namespace, argv_given: set[str] | None = None) -> None:
