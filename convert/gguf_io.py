@@ -199,6 +199,11 @@ def write_gguf(contents: GGUFContents, out: Path, *, progress: bool = True) -> P
         # as GGUFWriter.add_tensor does: the data is written (and lazy data computed) by
         # write_tensors_to_file, which also shows the tqdm progress bar
         writer.tensors[-1][t.name].tensor = t.data
+    return write_writer(writer, out, progress=progress)
+
+
+def write_writer(writer, out: Path, *, progress: bool) -> Path:
+    """Write a filled gguf.GGUFWriter to `out` atomically (nothing at `out` unless complete)."""
     with atomic_output(out) as tmp:
         try:
             writer.write_header_to_file(path=tmp)

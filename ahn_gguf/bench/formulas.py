@@ -209,7 +209,7 @@ def hf_config(s: Shape, window: int, sinks: int) -> dict:
 
 def _write_base_gguf(s: Shape, name: str, out: Path) -> None:
     """A stock qwen2 GGUF of this shape: tiny byte-level vocabulary, FFN 256, random Q4_1 weights."""
-    from ahn_gguf.convert.gguf_io import atomic_output
+    from ahn_gguf.convert.gguf_io import write_writer
     from ahn_gguf.sdist import import_gguf_py
 
     gguf = import_gguf_py()
@@ -264,13 +264,7 @@ def _write_base_gguf(s: Shape, name: str, out: Path) -> None:
         q41(p + "ffn_gate.weight", SHAPE_FFN, s.D)
         q41(p + "ffn_up.weight", SHAPE_FFN, s.D)
         q41(p + "ffn_down.weight", s.D, SHAPE_FFN)
-    with atomic_output(out) as tmp:
-        try:
-            w.write_header_to_file(path=tmp)
-            w.write_kv_data_to_file()
-            w.write_tensors_to_file(progress=False)
-        finally:
-            w.close()
+    write_writer(w, out, progress=False)
 
 
 def build_shape_gguf(name: str, s: Shape, *, window: int = PAPER_WINDOW, sinks: int = PAPER_SINKS,
