@@ -88,14 +88,6 @@ def _base_llama():
     return import_patched_llama_cpp().Llama
 
 
-def _template_error() -> type[Exception]:
-    try:
-        from jinja2 import TemplateError
-    except ImportError:  # pragma: no cover - llama-cpp-python depends on jinja2
-        return ()  # type: ignore[return-value]
-    return TemplateError
-
-
 class Llama(_base_llama()):  # type: ignore[misc]
     """`llama_cpp.Llama` with AHN overrides and memory accounting (see the module docstring)."""
 
@@ -138,9 +130,11 @@ class Llama(_base_llama()):  # type: ignore[misc]
         if kwargs.get("n_ctx"):
             kwargs["n_ctx"] = -(-int(kwargs["n_ctx"]) // 256) * 256
 
+        from jinja2 import TemplateError  # a dependency of llama-cpp-python
+
         try:
             super().__init__(model_path, *args, **kwargs)
-        except _template_error() as e:
+        except TemplateError as e:
             # llama-cpp-python compiles tokenizer.chat_template with jinja2 at load time
             self.close()
             raise AHNModelError(f"{model_path}: the GGUF's tokenizer.chat_template is not a valid Jinja "
