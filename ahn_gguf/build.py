@@ -32,9 +32,7 @@ from pathlib import Path
 
 from ahn_gguf.sdist import SDIST_ROOT, SDIST_SHA256, cache_dir, sdist_path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PATCHES_DIR = REPO_ROOT / "patches"
-NATIVE_DIR = REPO_ROOT / "native"
+from ahn_gguf.paths import NATIVE_DIR, PATCHES_DIR
 
 # bump when the build procedure itself changes in a way the key would not see
 BUILD_RECIPE = 1
@@ -137,8 +135,10 @@ def build_key(cfg: BuildConfig) -> str:
     h.update(f"recipe={BUILD_RECIPE}\nsdist={SDIST_SHA256}\n".encode())
     h.update(("cmake=" + " ".join(cfg.cmake_args()) + "\n").encode())
     h.update(f"platform={sys.platform}-{platform.machine()}\n".encode())
-    for path in [*patch_files(), *native_files(cfg)]:
-        h.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\n")
+    # names relative to their folder: a checkout and an installed wheel give the same key
+    for folder, paths in (("patches", patch_files()), ("native", native_files(cfg))):
+        for path in paths:
+            h.update(f"{folder}/{path.relative_to(PATCHES_DIR if folder == 'patches' else NATIVE_DIR).as_posix()}\n".encode())
         h.update(hashlib.sha256(path.read_bytes()).hexdigest().encode() + b"\n")
     return h.hexdigest()[:16]
 

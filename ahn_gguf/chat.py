@@ -10,17 +10,13 @@ the AHN memory carries whatever has left the window. Commands: /reset, /save FIL
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
-import pickle
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ahn_gguf.errors import AHNError
-
-STATE_MAGIC = "ahn-gguf-chat-state/1"
+from ahn_gguf.session import SessionFileError, load_session, save_session
 
 HELP = """commands:
   /reset        forget the conversation (and the AHN memory)
@@ -31,19 +27,8 @@ HELP = """commands:
   /quit         leave (Ctrl-D too)"""
 
 
-class ChatStateError(AHNError, ValueError):
-    """A saved session that cannot be loaded into this chat."""
-
-
-def model_fingerprint(path: str) -> str:
-    """Identity of a model file for saved sessions: size + hash of its first and last MiB."""
-    st = os.stat(path)
-    h = hashlib.sha256(str(st.st_size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        f.seek(max(0, st.st_size - (1 << 20)))
-        h.update(f.read(1 << 20))
-    return h.hexdigest()
+# a saved session that cannot be loaded into this chat (kept as the chat's name for it)
+ChatStateError = SessionFileError
 
 
 @dataclass
@@ -115,39 +100,20 @@ class ChatSession:
         return line + "]"
 
     def save(self, path: Path) -> None:
-        state = self.llm.save_state()
-        blob = {
-            "magic": STATE_MAGIC,
-            "model": model_fingerprint(self.llm.model_path),
-            "ahn": (self.llm.ahn_variant, self.llm.ahn_window, self.llm.ahn_sinks),
-            "system": self.system,
-            "messages": self.messages,
-            "fed_text": self.fed_text,
-            "llama_state": state,
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump(blob, f)
-        os.replace(tmp, path)
+        save_session(self.llm, path, {"chat": {"system": self.system, "messages": self.messages, "fed_text": self.fed_text}})
 
     def load(self, path: Path) -> None:
-        try:
-            with open(path, "rb") as f:
-                blob = pickle.load(f)
-        except FileNotFoundError:
-            raise ChatStateError(f"no such session file: {path}") from None
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a session file"
-            raise ChatStateError(f"{path} is not an ahn-gguf chat session ({type(e).__name__}: {e})") from None
-        if not isinstance(blob, dict) or blob.get("magic") != STATE_MAGIC:
-            raise ChatStateError(f"{path} is not an ahn-gguf chat session")
-        if blob["model"] != model_fingerprint(self.llm.model_path):
-            raise ChatStateError(f"{path} was saved with another model file; load it with the model it was saved with")
-        if tuple(blob["ahn"]) != (self.llm.ahn_variant, self.llm.ahn_window, self.llm.ahn_sinks):
-            raise ChatStateError(f"{path} was saved with AHN settings {tuple(blob['ahn'])}, this chat runs {(self.llm.ahn_variant, self.llm.ahn_window, self.llm.ahn_sinks)}")
-        self.llm.load_state(blob["llama_state"])
-        self.system = blob["system"]
-        self.messages = blob["messages"]
-        self.fed_text = blob["fed_text"]
+        app = load_session(self.llm, path)   # checks magic, version, model and AHN settings first
+        chat = app.get("chat")
+        if not (isinstance(chat, dict) and isinstance(chat.get("messages"), list) and isinstance(chat.get("fed_text"), str)
+                and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                        for m in chat["messages"])
+                and (chat.get("system") is None or isinstance(chat["system"], str))):
+            self.llm.reset()
+            raise ChatStateError(f"{path} is a session file, but not of `ahn-gguf chat` (no conversation in it)")
+        self.system = chat.get("system")
+        self.messages = chat["messages"]
+        self.fed_text = chat["fed_text"]
 
 
 def register(sub, name: str, help_text: str) -> None:

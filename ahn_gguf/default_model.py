@@ -25,11 +25,10 @@ def default_model_path() -> Path:
     out = cache_dir() / "models" / f"SmolLM2-135M-Instruct.Q4_1.ahn-gdn-{tag}.gguf"
     if not out.is_file():
         from ahn_gguf.convert import attach
-        from ahn_gguf.fixtures import SMOLLM2_GGUF_MEMBER, SMOLLM2_WHEEL
-        from ahn_gguf.smollm2 import gguf_path
+        from ahn_gguf.sdist import SMOLLM2_GGUF_MEMBER, SMOLLM2_WHEEL, smollm2_gguf
 
         out.parent.mkdir(parents=True, exist_ok=True)
-        base = Path(gguf_path())
+        base = Path(smollm2_gguf())
         print(f"building the default model (once): {base.name} + {DEFAULT_AHN_SIDECAR.name} -> {out}")
         source = f"{SMOLLM2_WHEEL.project}=={SMOLLM2_WHEEL.version}:{Path(SMOLLM2_GGUF_MEMBER).name}"
         attach(base, str(DEFAULT_AHN_SIDECAR), out, source_base=source, force=True, progress=False)

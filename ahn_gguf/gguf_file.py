@@ -125,11 +125,12 @@ class _Reader:
         raise GGUFFormatError(f"{self.path}: {what} has an unknown value type {vtype}")
 
 
-def parse_header(buf, path: str = "<gguf>", string_arrays: bool = True) -> Header:
+def parse_header(buf, path: str = "<gguf>", string_arrays: bool = True, decode_keys: frozenset = frozenset()) -> Header:
     """Parse the header of a GGUF file held in `buf` (bytes, mmap, memoryview).
 
     `string_arrays=False` skips decoding string arrays (their value is None), for callers that
-    only validate: the bounds are checked all the same.
+    only validate: the bounds are checked all the same. String arrays named in `decode_keys`
+    are decoded anyway.
     """
     if len(buf) < 4 or bytes(buf[:4]) != GGUF_MAGIC:
         raise GGUFFormatError(f"{path} is not a GGUF file (magic {bytes(buf[:4])!r}, expected b'GGUF')")
@@ -152,6 +153,7 @@ def parse_header(buf, path: str = "<gguf>", string_arrays: bool = True) -> Heade
         if not isinstance(key, str):
             raise GGUFFormatError(f"{path}: metadata key #{i} is not valid UTF-8")
         vtype = r.scalar("<I", f"type of {key}")
+        r.string_arrays = string_arrays or key in decode_keys
         h.kv[key] = r.value(vtype, f"metadata {key!r}")
 
     names = set()

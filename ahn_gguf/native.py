@@ -47,13 +47,14 @@ from typing import Any
 import numpy as np
 
 from ahn_gguf import constants
+from ahn_gguf.paths import shipped_dir
 
 try:
     import cffi
 except ImportError:  # pragma: no cover - cffi is a hard dependency; keep the message clear
     cffi = None
 
-NATIVE_DIR = Path(os.environ.get("AHN_GGUF_NATIVE_DIR", Path(__file__).resolve().parent.parent / "native"))
+NATIVE_DIR = Path(os.environ.get("AHN_GGUF_NATIVE_DIR", shipped_dir("native")))
 CUDA_DIR = NATIVE_DIR / "cuda"
 MAX_D = 256  # AHN_MAX_D in native/ahn_memory_common.h: k^, q^, v live in fixed stack buffers
 

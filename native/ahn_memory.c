@@ -25,17 +25,27 @@ static int step_scalar(const struct ahn_memory_args * a, int ith, int nth) {
     return 0;
 }
 
+#if defined(AHN_X86) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+
+/* F16C from CPUID leaf 1 (ECX bit 29): clang < 16 has no "f16c" for __builtin_cpu_supports */
+static int cpu_has_f16c(void) {
+    unsigned int eax, ebx, ecx, edx;
+    return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+}
+#endif
+
 /* does the running CPU have the instructions this kernel was compiled for? */
 static int cpu_has(const char * name) {
     if (strcmp(name, "scalar") == 0) return 1;
 #if defined(AHN_X86) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
     if (strcmp(name, "avx2") == 0) {
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
     }
     if (strcmp(name, "avx512") == 0) {
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && cpu_has_f16c();
     }
 #endif
 #if defined(AHN_ARM64)

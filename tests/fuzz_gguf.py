@@ -1,7 +1,9 @@
 """Mutated copies of a GGUF, and a worker that loads them (tests/test_bad_input.py drives it).
 
 `mutate(data, seed)` returns a corrupted copy: flipped bytes, overwritten header words, a
-truncation, or a structurally valid file with contradictory metadata. The worker
+truncation, a mutation inside a metadata array (token strings made equal or flipped, merges,
+scores, token types, the AHN layer flags, array lengths), or a structurally valid file with
+contradictory metadata. The worker
 (`python fuzz_gguf.py BASE FIRST COUNT WORKDIR`) loads each mutation with ahn_gguf.Llama and
 decodes a few tokens, writing one JSON line per case; a line "start N" is flushed before case
 N, so a crashed worker shows which case killed it.
@@ -23,6 +25,86 @@ def _header_end(data: bytes) -> int:
     return parse_header(data).data_start
 
 
+def array_layout(data: bytes) -> dict[str, dict]:
+    """Where each metadata array's elements lie in a (valid) GGUF: key -> {etype, length_at,
+    elements: [(offset, size), ...]} -- string elements span their bytes after the 8-byte length."""
+    from ahn_gguf.gguf_file import ARRAY, SCALAR_FORMATS, STRING
+
+    pos = 24  # magic, version, tensor count, metadata count
+    (n_kv,) = struct.unpack_from("<Q", data, 16)
+    out = {}
+
+    def string_at(p):
+        (n,) = struct.unpack_from("<Q", data, p)
+        return p + 8, n
+
+    for _ in range(n_kv):
+        start, n = string_at(pos)
+        key = data[start:start + n].decode("utf-8", "replace")
+        pos = start + n
+        (vtype,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if vtype in SCALAR_FORMATS:
+            pos += struct.calcsize(SCALAR_FORMATS[vtype])
+        elif vtype == STRING:
+            s0, n = string_at(pos)
+            pos = s0 + n
+        elif vtype == ARRAY:
+            (etype,) = struct.unpack_from("<I", data, pos)
+            length_at = pos + 4
+            (count,) = struct.unpack_from("<Q", data, length_at)
+            pos = length_at + 8
+            elements = []
+            for _ in range(count):
+                if etype == STRING:
+                    s0, n = string_at(pos)
+                    elements.append((s0, n))
+                    pos = s0 + n
+                else:
+                    size = struct.calcsize(SCALAR_FORMATS[etype])
+                    elements.append((pos, size))
+                    pos += size
+            out[key] = {"etype": etype, "length_at": length_at, "elements": elements}
+    return out
+
+
+def mutate_array(data: bytes, rng: random.Random) -> tuple[str, bytes]:
+    """A mutation inside a metadata array: token strings (made equal to another, bytes flipped),
+    merges, scores, token types, the AHN layer flags, an array's length."""
+    from ahn_gguf.gguf_file import STRING
+
+    b = bytearray(data)
+    arrays = array_layout(data)
+    key = rng.choice(sorted(arrays))
+    arr = arrays[key]
+    elements = arr["elements"]
+    how = rng.choice(["duplicate", "flip", "extreme", "length"]) if elements else "length"
+    if how == "length":
+        struct.pack_into("<Q", b, arr["length_at"], rng.choice(EXTREMES_64 + [len(elements) + 1, max(0, len(elements) - 1)]))
+    elif arr["etype"] == STRING and how == "duplicate":
+        # two equal strings, lengths kept: the copy of another element of the same length
+        i = rng.randrange(len(elements))
+        same = [j for j, e in enumerate(elements) if e[1] == elements[i][1] and j != i]
+        if same:
+            (oi, n), (oj, _) = elements[i], elements[rng.choice(same)]
+            b[oi:oi + n] = data[oj:oj + n]
+        else:
+            how = "flip"
+    if how in ("flip", "extreme") and elements:
+        for _ in range(rng.randint(1, 4)):
+            off, n = elements[rng.randrange(len(elements))]
+            if n == 0:
+                continue
+            if how == "extreme" and n in (4, 8):
+                pool = EXTREMES_32 if n == 4 else EXTREMES_64
+                value = rng.choice(pool + ([struct.unpack("<I", struct.pack("<f", float("nan")))[0]] if n == 4 else []))
+                struct.pack_into("<I" if n == 4 else "<Q", b, off, value)
+            else:
+                k = off + rng.randrange(n)
+                b[k] ^= rng.choice([1 << rng.randrange(8), 0xFF])
+    return f"array:{key}:{how}", bytes(b)
+
+
 EXTREMES_32 = [0, 1, 2, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 7, 255, 65536]
 EXTREMES_64 = [0, 1, 0x7FFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF, 1 << 32, 1 << 40, 12345]
 
@@ -31,7 +113,10 @@ def mutate(data: bytes, seed: int) -> tuple[str, bytes]:
     rng = random.Random(seed)
     b = bytearray(data)
     hdr = _header_end(data)
-    kind = rng.choice(["flip", "flip", "word32", "word64", "truncate", "truncate_header", "data_flip", "string_len"])
+    kind = rng.choice(["flip", "flip", "word32", "word64", "truncate", "truncate_header", "data_flip", "string_len",
+                       "array", "array", "array"])
+    if kind == "array":
+        return mutate_array(data, rng)
     if kind == "flip":
         for _ in range(rng.randint(1, 8)):
             i = rng.randrange(0, hdr)

@@ -175,7 +175,7 @@ def test_state_from_another_model(tiny, tmp_path, fixtures_root):
     with pytest.raises(ChatStateError, match="another model"):
         ChatSession(b).load(f)
     f.write_bytes(b"garbage")
-    with pytest.raises(ChatStateError, match="not an ahn-gguf chat session"):
+    with pytest.raises(ChatStateError, match="not an ahn-gguf session file"):
         ChatSession(a).load(f)
 
 
@@ -204,16 +204,25 @@ def _run_fuzz(base: Path, work: Path, first: int, count: int) -> list[dict]:
     return results
 
 
-def test_fuzz_mutated_ahn_gguf(tiny, tmp_path, record_property):
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_fuzz_mutated_ahn_gguf(family, tmp_path, record_property):
+    """1000 mutations per base family (SentencePiece vocabulary / byte-level BPE with merges), a third of
+    them inside the metadata arrays (token strings, merges, scores, token types, AHN layer flags)."""
+    patched_llama_cpp()
+    base = build_tiny_ahn_gguf(tmp_path / f"tiny-{family}.gguf", family=family)
     n = int(os.environ.get("AHN_GGUF_FUZZ_CASES", "1000"))
-    results = _run_fuzz(tiny, tmp_path, 0, n)
+    results = _run_fuzz(base, tmp_path, 0, n)
     crashes = [r for r in results if r["result"] == "crash"]
     unclear = [r for r in results if r["result"] == "rejected" and not r["clear"]]
     loaded = sum(r["result"] == "loaded" for r in results)
     record_property("fuzz_cases", len(results))
     record_property("fuzz_loaded", loaded)
-    print(f"fuzz: {len(results)} cases, {loaded} loaded and decoded, {len(results) - loaded - len(crashes)} rejected, {len(crashes)} crashes")
+    in_arrays = sum(str(r.get("kind", "")).startswith("array:") for r in results)
+    record_property("fuzz_array_mutations", in_arrays)
+    print(f"fuzz {family}: {len(results)} cases ({in_arrays} inside metadata arrays), {loaded} loaded and decoded, "
+          f"{len(results) - loaded - len(crashes)} rejected, {len(crashes)} crashes")
     assert len(results) >= n
+    assert in_arrays >= n // 5, f"only {in_arrays} mutations inside the arrays"
     assert not crashes, f"{len(crashes)} crashes, first: {crashes[0]}"
     assert not unclear, f"{len(unclear)} rejections without a clear exception, first: {unclear[0]}"
 
@@ -238,3 +247,58 @@ def test_fuzz_structured_metadata(tiny, tmp_path):
     # contradictions must be rejected, not silently loaded
     loaded = [r for r in results if r[2].startswith("LOADED")]
     assert not loaded, f"loaded despite contradictory metadata: {loaded}"
+
+
+def _with_kv(src: Path, dst: Path, key: str, kv) -> Path:
+    from ahn_gguf.convert.gguf_io import read_gguf, write_gguf
+
+    c = read_gguf(src)
+    c.kv[key] = kv
+    write_gguf(c, dst, progress=False)
+    return dst
+
+
+def _c_loader_result(path: Path) -> subprocess.CompletedProcess:
+    """llama.cpp's own loader on `path`, without the Python pre-check, in a subprocess."""
+    code = ("import sys, llama_cpp\n"
+            "llama_cpp.llama_backend_init()\n"
+            "p = llama_cpp.llama_model_default_params()\n"
+            "m = llama_cpp.llama_model_load_from_file(sys.argv[1].encode(), p)\n"
+            "print('LOADED' if m else 'NULL')\n")
+    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
+
+
+def test_duplicate_tokens_are_a_load_error(tiny, tmp_path):
+    """Two equal token strings aborted stock llama.cpp (llama-vocab.cpp GGML_ASSERT): now the C loader
+    returns NULL with the reason logged, and the Python pre-check names the tokens."""
+    from ahn_gguf.convert.gguf_io import KV, VT
+    from ahn_gguf.errors import GGUFFormatError
+    from ahn_gguf.gguf_file import read_metadata
+
+    tokens = list(read_metadata(tiny)["tokenizer.ggml.tokens"])
+    tokens[7] = tokens[8]
+    bad = _with_kv(tiny, tmp_path / "dup.gguf", "tokenizer.ggml.tokens", KV(VT.ARRAY, tokens, VT.STRING))
+    with pytest.raises(GGUFFormatError, match="token 8 .* duplicates token 7"):
+        _load(bad)
+    proc = _c_loader_result(bad)
+    assert proc.returncode == 0, f"the C loader died (rc {proc.returncode}): {proc.stderr[-1500:]}"
+    assert proc.stdout.strip() == "NULL"
+    assert "duplicates token 7" in proc.stderr
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("block_count", 0, "block_count 0"),
+    ("block_count", 100000, "block_count 100000"),
+    ("rope.dimension_count", 16, "rope.dimension_count 16"),
+    ("attention.head_count_kv", 0, "head_count_kv 0"),
+    ("expert_count", 1000000, "expert_count"),
+])
+def test_c_loader_rejects_bad_hparams(tiny, tmp_path, key, value, message):
+    """What were GGML_ASSERTs (or a division by zero) on a file's hyper-parameters are load errors."""
+    from ahn_gguf.convert.gguf_io import KV, VT
+
+    bad = _with_kv(tiny, tmp_path / "bad.gguf", f"{ARCH}.{key}", KV(VT.UINT32, value))
+    proc = _c_loader_result(bad)
+    assert proc.returncode == 0, f"the C loader died (rc {proc.returncode}): {proc.stderr[-1500:]}"
+    assert proc.stdout.strip() == "NULL", proc.stdout
+    assert message in proc.stderr, proc.stderr[-1500:]
