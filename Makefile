@@ -1,6 +1,6 @@
 # ahn-gguf: the two commands of the README, and their shared set-up.
 #   make demo   long-context generation with the embedded default model (SmolLM2-135M + AHN-GDN)
-#   make test   the test suite
+#   make test   the test suite (also builds llama.cpp's programs: ahn-gguf build --tools)
 # Both create .venv, install ahn-gguf with its extras and build the patched llama-cpp-python
 # (cached by a hash of its inputs in ~/.cache/ahn-gguf; a rebuild takes 4-9 minutes on 2 cores).
 
@@ -27,7 +27,11 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/ahn-gguf run --max-tokens 96
 
+# the tests also run llama.cpp's own programs (llama-server, llama-perplexity, rpc-server, ...) on AHN GGUFs
+# and the loader fuzzer (clang + libFuzzer, cached like the wheel)
 test: setup
+	$(VENV)/bin/ahn-gguf build --tools
+	$(PY) tests/fuzz/build_fuzzer.py
 	$(PY) -m pytest -q tests
 
 bench: setup

@@ -276,6 +276,79 @@ def install(cfg: BuildConfig, force: bool = False) -> str:
     return key
 
 
+# --- llama.cpp's own programs, from the same patched tree and flags ---------------------------
+
+# what `ahn-gguf build --tools` puts into the environment's bin/: they run AHN GGUFs as they run any other
+TOOLS = ("llama-server", "llama-cli", "llama-completion", "llama-perplexity", "llama-bench", "rpc-server")
+# installed name -> llama.cpp's CMake target (its binary has the target's name)
+TOOL_TARGETS = {t: t for t in TOOLS} | {"rpc-server": "ggml-rpc-server"}
+# static binaries (no libllama to find at run time); RPC on (the protocol patch makes it compile);
+# nothing fetched at build time (no prebuilt web UI, no curl/OpenSSL)
+TOOLS_CMAKE_ARGS = (
+    "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_RPC=ON",
+    "-DLLAMA_BUILD_COMMON=ON", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_APP=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
+)
+
+
+def tools_cmake_args(cfg: BuildConfig) -> list[str]:
+    args = [*TOOLS_CMAKE_ARGS, *cpu_cmake_args()]
+    if cfg.cuda:
+        args += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={cfg.cuda_archs}"]
+    return args
+
+
+def tools_key(cfg: BuildConfig) -> str:
+    """The wheel's key (sources, patches, native, CPU flags) plus the tools' own CMake options."""
+    h = hashlib.sha256(f"tools\n{build_key(cfg)}\n{' '.join(tools_cmake_args(cfg))}\n{' '.join(TOOLS)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def ensure_tools(cfg: BuildConfig, force: bool = False) -> Path:
+    """The cached folder holding TOOLS for cfg, building them if needed (several minutes)."""
+    key = tools_key(cfg)
+    out_dir = cache_dir() / "llama-cpp-tools" / key
+    if not force and all((out_dir / "bin" / t).is_file() for t in TOOLS):
+        return out_dir / "bin"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ahn-tools-", dir=out_dir.parent) as tmp:
+        tmp = Path(tmp)
+        src = prepare_source(tmp / "src", cfg, build_key(cfg)) / "vendor" / "llama.cpp"
+        build = tmp / "build"
+        jobs = str(cfg.jobs or os.cpu_count() or 2)
+        print(f"building llama.cpp's {', '.join(TOOLS)} with the AHN patches (key {key}); this takes several minutes", flush=True)
+        _run(["cmake", "-S", str(src), "-B", str(build), "-G", "Ninja", *tools_cmake_args(cfg)], log=tmp / "cmake.log")
+        _run(["cmake", "--build", str(build), "-j", jobs, "--target", *TOOL_TARGETS.values()], log=tmp / "build.log")
+        staged = tmp / "staged"
+        (staged / "bin").mkdir(parents=True)
+        for name, target in TOOL_TARGETS.items():
+            shutil.copy2(build / "bin" / target, staged / "bin" / name)
+        shutil.copy2(tmp / "build.log", staged / "build.log")
+        (staged / "build.json").write_text(json.dumps({"key": key, "cmake_args": tools_cmake_args(cfg)}, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staged, out_dir)
+    return out_dir / "bin"
+
+
+def install_tools(cfg: BuildConfig, force: bool = False) -> list[Path]:
+    """Build (or reuse) TOOLS and copy them into this environment's scripts folder (the venv's bin/)."""
+    import sysconfig
+
+    src = ensure_tools(cfg, force=force)
+    dest = Path(sysconfig.get_path("scripts"))
+    installed = []
+    for t in TOOLS:
+        target = dest / t
+        tmp = target.with_name(f".{t}.tmp")
+        shutil.copy2(src / t, tmp)
+        os.replace(tmp, target)   # a running server keeps its old binary; a new start gets this one
+        installed.append(target)
+    print(f"installed {', '.join(TOOLS)} into {dest} (key {tools_key(cfg)})")
+    return installed
+
+
 # --- developer helpers: a git tree to edit the patches in, and re-export them ----------------
 
 
@@ -327,7 +400,8 @@ def register(sub, name: str, help_text: str) -> None:
             "kernels (native/), and install it into this Python as `llama_cpp`. The wheel is "
             "cached by a hash of its inputs; an unchanged install is left as is."
         ),
-        epilog="examples:\n  ahn-gguf build\n  ahn-gguf build --cuda --cuda-archs 89\n  ahn-gguf build --print-key",
+        epilog="examples:\n  ahn-gguf build\n  ahn-gguf build --tools   # + llama-server, llama-cli, ... in this venv's bin/\n"
+               "  ahn-gguf build --cuda --cuda-archs 89\n  ahn-gguf build --print-key",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--cuda", action="store_true", help="also build the CUDA backend (GGML_CUDA=ON; needs nvcc)")
@@ -335,6 +409,9 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--jobs", type=int, default=0, help="parallel compile jobs (default: all cores)")
     p.add_argument("--force", action="store_true", help="rebuild and reinstall even if cached/installed")
     p.add_argument("--wheel-only", action="store_true", help="build (or find) the cached wheel, print its path, do not install")
+    p.add_argument("--tools", action="store_true",
+                   help=f"also build llama.cpp's {', '.join(TOOLS)} from the same patched tree and flags, "
+                        "and install them into this environment's bin/ (cached like the wheel)")
     p.add_argument("--print-key", action="store_true", help="print the build key of this checkout and exit")
     p.add_argument("--dev-tree", metavar="DIR", type=Path, help="developers: create a git tree of the patched sdist in DIR")
     p.add_argument("--export-patches", metavar="REPO", type=Path, help="developers: write REPO's commits back to patches/")
@@ -356,4 +433,6 @@ def _main(args) -> int:
         print(ensure_built(cfg, force=args.force))
         return 0
     install(cfg, force=args.force)
+    if args.tools:
+        install_tools(cfg, force=args.force)
     return 0

@@ -140,7 +140,7 @@ def main(args) -> int:
     from ahn_gguf.runtime import Llama
 
     llm = Llama(args.model, ahn_window=args.window, ahn_sinks=args.sinks, n_ctx=args.n_ctx, n_batch=512,
-                n_threads=args.threads, n_gpu_layers=args.n_gpu_layers, verbose=False)
+                n_threads=args.threads, n_threads_batch=args.threads, n_gpu_layers=args.n_gpu_layers, verbose=False)
     chat = ChatSession(llm, system=args.system)
     print(f"ahn-gguf chat: {llm.model_path}")
     if llm.has_ahn:

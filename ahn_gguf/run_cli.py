@@ -67,6 +67,7 @@ def main(args) -> int:
         n_ctx=args.n_ctx,
         n_batch=512,
         n_threads=args.threads,
+        n_threads_batch=args.threads,
         n_gpu_layers=args.n_gpu_layers,
         seed=args.seed,
         verbose=False,

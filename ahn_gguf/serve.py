@@ -20,6 +20,8 @@ import argparse
 import hmac
 import json
 import os
+import shlex
+from pathlib import Path
 
 from ahn_gguf import constants as C
 from ahn_gguf.errors import AHNError
@@ -68,6 +70,14 @@ def register(sub, name: str, help_text: str) -> None:
                    help="largest max_tokens a request may ask for; more gets 400 (default: %(default)s)")
     p.add_argument("--max-prompt-tokens", type=int, default=None,
                    help="longest prompt in tokens (message contents for chat); longer gets 400 (default: --n-ctx)")
+    p.add_argument("--engine", choices=("python", "llama-server"), default="python",
+                   help="python: llama-cpp-python's server (one context, the state cache); llama-server: llama.cpp's "
+                        "own server with --parallel slots and continuous batching (`ahn-gguf build --tools` installs it)")
+    p.add_argument("--parallel", type=int, default=4,
+                   help="--engine llama-server: slots (concurrent conversations); each costs S + W tokens of memory "
+                        "with an AHN (default: %(default)s)")
+    p.add_argument("--llama-server-args", default="", metavar="ARGS",
+                   help="--engine llama-server: more options for llama-server, as one string (e.g. \"-lv 4 -fa on\")")
     p.add_argument("--cache-bytes", type=int, default=None,
                    help="RAM for kept conversation states; 0 disables the cache "
                         f"(default: {DEFAULT_CACHE_BYTES} for AHN models, 0 for others)")
@@ -112,6 +122,7 @@ def build_settings(args):
         n_ctx=args.n_ctx,
         n_batch=512,
         n_threads=args.threads if args.threads else max(1, (os.cpu_count() or 2) // 2),
+        n_threads_batch=args.threads if args.threads else max(1, os.cpu_count() or 2),
         n_gpu_layers=args.n_gpu_layers,
         kv_overrides=overrides or None,
         cache=cache_bytes > 0,
@@ -278,7 +289,54 @@ def create_server_app(args):
     return limited, server, settings
 
 
+def llama_server_command(args) -> list[str]:
+    """The llama-server command line for --engine llama-server (the model and options validated first)."""
+    import shutil
+    import sysconfig
+
+    from ahn_gguf.gguf_check import check_gguf_file
+    from ahn_gguf.runtime import _check_window
+
+    model = args.model
+    if model is None:
+        from ahn_gguf.default_model import default_model_path
+
+        model = str(default_model_path())
+    info = check_gguf_file(model)
+    if args.parallel < 1:
+        raise AHNError("--parallel must be >= 1")
+    binary = Path(sysconfig.get_path("scripts")) / "llama-server"
+    if not binary.is_file():
+        found = shutil.which("llama-server")
+        if not found:
+            raise AHNError("llama-server is not installed in this environment: run `ahn-gguf build --tools`")
+        binary = Path(found)
+    # llama-server splits -c among its slots: each slot gets the positions --n-ctx asks for. One unified K/V
+    # buffer (-kvu): the slots share one ubatch of headroom, so the window cache is N x (S + W) + n_ubatch
+    cmd = [str(binary), "-m", model, "--host", args.host, "--port", str(args.port), "-np", str(args.parallel),
+           "-c", str(args.n_ctx * args.parallel), "-kvu", "-ngl", str(args.n_gpu_layers)]
+    if info.arch in C.BASE_FOR_ARCH:
+        window = args.window if args.window is not None else info.ahn_window
+        sinks = args.sinks if args.sinks is not None else info.ahn_sinks
+        _check_window(window, sinks, args.n_ctx)
+        cmd += ["--override-kv", f"{C.KEY_WINDOW.format(arch=info.arch)}=int:{window}",
+                "--override-kv", f"{C.KEY_SINKS.format(arch=info.arch)}=int:{sinks}"]
+    if args.threads:
+        cmd += ["-t", str(args.threads), "-tb", str(args.threads)]
+    if args.api_key:
+        cmd += ["--api-key", args.api_key]
+    if args.model_alias:
+        cmd += ["--alias", args.model_alias]
+    return cmd + shlex.split(args.llama_server_args)
+
+
 def main(args) -> int:
+    if args.engine == "llama-server":
+        cmd = llama_server_command(args)
+        print(f"serving with llama.cpp's server, {args.parallel} slots: {' '.join(c if c != args.api_key else '***' for c in cmd)}",
+              flush=True)
+        os.execv(cmd[0], cmd)
+
     import uvicorn
 
     app, server, settings = create_server_app(args)

@@ -192,7 +192,8 @@ def main(argv: list[str]) -> int:
         os.fsync(out.fileno())
         rec = {"case": i, "kind": kind}
         try:
-            llm = ahn_gguf.Llama(path, n_ctx=256, n_batch=64, verbose=False)
+            # one thread: ggml threads spin at barriers, and a loaded 2-core machine makes that seconds per case
+            llm = ahn_gguf.Llama(path, n_ctx=256, n_batch=64, n_threads=1, n_threads_batch=1, verbose=False)
             res = llm.create_completion("fuzz me", max_tokens=3, temperature=0.0)
             rec["result"] = "loaded"
             rec["tokens"] = res["usage"]["completion_tokens"]

@@ -45,6 +45,8 @@ def _rewrite(src: Path, dst: Path, changes: dict) -> Path:
 def _load(path, **kw):
     from ahn_gguf import Llama
 
+    kw.setdefault("n_threads", 1)
+    kw.setdefault("n_threads_batch", 1)
     return Llama(str(path), n_ctx=kw.pop("n_ctx", 256), verbose=False, **kw)
 
 
@@ -236,7 +238,7 @@ def test_fuzz_structured_metadata(tiny, tmp_path):
         p = _rewrite(tiny, tmp_path / f"s{k}.gguf", changes)
         code = ("import sys, ahn_gguf, ahn_gguf.errors\n"
                 "try:\n"
-                f"    ahn_gguf.Llama({str(p)!r}, n_ctx=256, verbose=False).create_completion('x', max_tokens=2)\n"
+                f"    ahn_gguf.Llama({str(p)!r}, n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False).create_completion('x', max_tokens=2)\n"
                 "    print('LOADED')\n"
                 "except (ahn_gguf.errors.AHNError, ValueError) as e:\n"
                 "    print('REJECTED', e)\n")

@@ -45,7 +45,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t * data, size_t size) {
 
     llama_model_params mparams = llama_model_default_params();
     mparams.n_gpu_layers = 0;
-    mparams.use_mmap     = false;
 
     llama_model * model = llama_model_load_from_file(path.c_str(), mparams);
     if (model != nullptr) {
