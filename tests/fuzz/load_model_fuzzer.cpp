@@ -10,6 +10,7 @@
 
 #include "llama.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -49,9 +50,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t * data, size_t size) {
     llama_model * model = llama_model_load_from_file(path.c_str(), mparams);
     if (model != nullptr) {
         llama_context_params cparams = llama_context_default_params();
-        cparams.n_ctx           = 64;
-        cparams.n_batch         = 16;
-        cparams.n_ubatch        = 16;
+        cparams.n_ctx           = 128;
+        cparams.n_batch         = 64;
+        cparams.n_ubatch        = 64;
         cparams.n_seq_max       = 1;
         cparams.n_threads       = 1;
         cparams.n_threads_batch = 1;
@@ -64,7 +65,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t * data, size_t size) {
             std::vector<llama_token> tokens(64);
             const int n = llama_tokenize(vocab, text, (int32_t) strlen(text), tokens.data(), (int32_t) tokens.size(), true, true);
             if (n > 0) {
-                tokens.resize((size_t) n);
+                // llama_decode asserts a batch within n_batch: that is the caller's contract, not the file's
+                tokens.resize(std::min<size_t>((size_t) n, 48));
                 // a prompt, then two decode steps: prefill and the single-token path both run
                 llama_batch batch = llama_batch_get_one(tokens.data(), (int32_t) tokens.size());
                 if (llama_decode(ctx, batch) == 0) {

@@ -78,7 +78,7 @@ def _env() -> dict:
     # abort on the first sanitizer report; no leak of the allocator's own caches counted as a finding
     return dict(os.environ,
                 ASAN_OPTIONS="abort_on_error=1:detect_leaks=1:allocator_may_return_null=1",
-                UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
+                UBSAN_OPTIONS=f"halt_on_error=1:print_stacktrace=1:suppressions={HERE / 'ubsan.supp'}")
 
 
 def run_regressions(fuzzer: Path, inputs: list[Path], work: Path) -> dict[str, tuple[int, str]]:
@@ -103,7 +103,7 @@ def run_campaign(fuzzer: Path, work: Path, *, seconds: int, seed: int = 1) -> di
     t0 = time.time()
     with open(log, "w") as f:
         proc = subprocess.run([str(fuzzer), str(corpus), f"-dict={dictionary}", f"-seed={seed}", f"-max_total_time={seconds}",
-                               "-max_len=262144", "-rss_limit_mb=4096", "-timeout=60", "-print_final_stats=1",
+                               "-max_len=400000", "-rss_limit_mb=4096", "-timeout=60", "-print_final_stats=1",
                                f"-artifact_prefix={artifacts}/"], cwd=work, env=_env(), stdout=f, stderr=subprocess.STDOUT,
                               timeout=seconds + 900)
     text = log.read_text(errors="replace")
