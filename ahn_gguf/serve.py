@@ -323,8 +323,6 @@ def llama_server_command(args) -> list[str]:
                 "--override-kv", f"{C.KEY_SINKS.format(arch=info.arch)}=int:{sinks}"]
     if args.threads:
         cmd += ["-t", str(args.threads), "-tb", str(args.threads)]
-    if args.api_key:
-        cmd += ["--api-key", args.api_key]
     if args.model_alias:
         cmd += ["--alias", args.model_alias]
     return cmd + shlex.split(args.llama_server_args)
@@ -333,9 +331,12 @@ def llama_server_command(args) -> list[str]:
 def main(args) -> int:
     if args.engine == "llama-server":
         cmd = llama_server_command(args)
-        print(f"serving with llama.cpp's server, {args.parallel} slots: {' '.join(c if c != args.api_key else '***' for c in cmd)}",
-              flush=True)
-        os.execv(cmd[0], cmd)
+        env = dict(os.environ)
+        if args.api_key:
+            env["LLAMA_API_KEY"] = args.api_key   # llama-server's variable for --api-key: the key stays out of `ps`
+        print(f"serving with llama.cpp's server, {args.parallel} slots{', API key required' if args.api_key else ''}: "
+              f"{' '.join(cmd)}", flush=True)
+        os.execve(cmd[0], cmd, env)
 
     import uvicorn
 

@@ -203,8 +203,7 @@ def test_server_four_slots(tools, tiny, record_property):
         assert over.status_code >= 400, over.text[:300]
         absurd = httpx.post(f"{srv.base}/v1/chat/completions", timeout=120,
                             json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**12})
-        record_property("server_absurd_max_tokens_status", absurd.status_code)
-        assert absurd.status_code in (200, 400), absurd.text[:300]
+        assert absurd.status_code == 400, absurd.text[:300]
         assert srv.proc.poll() is None
         assert httpx.get(f"{srv.base}/health").status_code == 200
     finally:
@@ -283,7 +282,8 @@ def test_serve_engine_llama_server(tools, tiny, n_ctx, record_property):
     port = _free_port()
     env = dict(os.environ, PATH=f"{tools['llama-server'].parent}{os.pathsep}{os.environ.get('PATH', '')}")
     proc = subprocess.Popen([sys.executable, "-m", "ahn_gguf.cli", "serve", str(tiny), "--engine", "llama-server", "--parallel", "2",
-                             "--port", str(port), "--threads", "1", "--n-ctx", str(n_ctx), "--llama-server-args", "-lv 4"],
+                             "--port", str(port), "--threads", "1", "--n-ctx", str(n_ctx), "--api-key", "k",
+                             "--llama-server-args", "-lv 4"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -297,7 +297,9 @@ def test_serve_engine_llama_server(tools, tiny, n_ctx, record_property):
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             assert time.time() < deadline, "the server did not start"
             time.sleep(0.3)
-        r = httpx.post(f"{base}/completion", json={"prompt": [5] * 100, "n_predict": 4, "temperature": 0}, timeout=300)
+        body = {"prompt": [5] * 100, "n_predict": 4, "temperature": 0}
+        assert httpx.post(f"{base}/completion", json=body, timeout=60).status_code == 401   # --api-key reaches llama-server
+        r = httpx.post(f"{base}/completion", json=body, headers={"Authorization": "Bearer k"}, timeout=300)
         assert r.status_code == 200 and r.json()["tokens_predicted"] == 4
     finally:
         proc.terminate()

@@ -185,6 +185,7 @@ def main() -> int:
     ap.add_argument("--report", type=Path, help="write REPORT.md and REPORT.json")
     args = ap.parse_args()
     fuzzer = ensure_fuzzer()
+    args.work = args.work.resolve()   # the fuzzer runs inside it
     if args.work.exists():
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
