@@ -140,7 +140,7 @@ FINDINGS = [
 ]
 
 
-def write_report(stats: dict, regressions: dict, out: Path) -> None:
+def write_report(stats: dict, regressions: dict, out: Path, conditions: str = "") -> None:
     from ahn_gguf.convert.gguf_io import atomic_output
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -164,8 +164,10 @@ def write_report(stats: dict, regressions: dict, out: Path) -> None:
         f"| features | {data['features']} |",
         f"| corpus at the end | {data['corpus']} inputs |",
         f"| crashes in this run | {data['crashes']} |",
-        f"| regression inputs (tests/fuzz/regressions/) | {len(regressions)}, all exit 0: {all(rc == 0 for rc, _ in regressions.values())} |",
+        f"| regression inputs (KNOWN + tests/fuzz/regressions/) | {len(regressions)}, all exit 0: {all(rc == 0 for rc, _ in regressions.values())} |",
     ]
+    if conditions:
+        lines += ["", conditions]
     lines += ["", "## Found and fixed", "", "| found by | what | now |", "| --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in FINDINGS]
     lines += ["", "Not findings: ggml's CPU kernels call vec_dot routines through one function-pointer type, which",
@@ -183,6 +185,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("scratch/fuzz"))
     ap.add_argument("--report", type=Path, help="write REPORT.md and REPORT.json")
+    ap.add_argument("--conditions", default="", help="a sentence on the machine and load, for the report")
     args = ap.parse_args()
     fuzzer = ensure_fuzzer()
     args.work = args.work.resolve()   # the fuzzer runs inside it
@@ -195,7 +198,7 @@ def main() -> int:
     if stats["crashes"]:
         print(stats["log_tail"])
     if args.report:
-        write_report(stats, regressions, args.report)
+        write_report(stats, regressions, args.report, args.conditions)
     return 1 if stats["crashes"] else 0
 
 
