@@ -136,3 +136,21 @@ def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
 
     lp, lq = log_softmax(p_logits.astype(np.float64)), log_softmax(q_logits.astype(np.float64))
     return float((np.exp(lp) * (lp - lq)).sum(-1).mean())
+
+
+def wait_for_http(url: str, proc, timeout: float = 180, headers: dict | None = None) -> None:
+    """Wait until `url` answers 200 (a server started as `proc`); fail with its output if it exits first."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(url, headers=headers, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, f"the server exited:\n{proc.stdout.read()[-3000:]}"
+        assert time.time() < deadline, f"{url} did not answer within {timeout} s"
+        time.sleep(0.3)

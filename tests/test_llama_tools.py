@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime_support import patched_llama_cpp
+from runtime_support import patched_llama_cpp, wait_for_http
 from tiny_model import SINKS, WINDOW, build_tiny_ahn_gguf
 
 httpx = pytest.importorskip("httpx", reason="httpx is a dev dependency (pip install -e .[dev])")
@@ -142,16 +142,7 @@ class _Server:
         self.proc = subprocess.Popen([str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
                                       "-t", "1", "-tb", "1", *map(str, args)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(f"{self.base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert self.proc.poll() is None, self.proc.stdout.read()[-3000:]
-            assert time.time() < deadline, "llama-server did not start"
-            time.sleep(0.3)
+        wait_for_http(f"{self.base}/health", self.proc)
 
     def completion(self, prompt, n_predict=16, **kw):
         r = httpx.post(f"{self.base}/completion", timeout=600,
@@ -287,16 +278,7 @@ def test_serve_engine_llama_server(tools, tiny, n_ctx, record_property):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            assert time.time() < deadline, "the server did not start"
-            time.sleep(0.3)
+        wait_for_http(f"{base}/health", proc)
         body = {"prompt": [5] * 100, "n_predict": 4, "temperature": 0}
         assert httpx.post(f"{base}/completion", json=body, timeout=60).status_code == 401   # --api-key reaches llama-server
         r = httpx.post(f"{base}/completion", json=body, headers={"Authorization": "Bearer k"}, timeout=300)

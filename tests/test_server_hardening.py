@@ -21,7 +21,7 @@ from argparse import Namespace
 
 import pytest
 
-from runtime_support import patched_llama_cpp
+from runtime_support import patched_llama_cpp, wait_for_http
 from tiny_model import build_tiny_ahn_gguf
 
 httpx = pytest.importorskip("httpx", reason="httpx is a dev dependency (pip install -e .[dev])")
@@ -59,16 +59,7 @@ def server(tiny):
                              "--cache-bytes", "262144"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(f"{base}/v1/models", headers=AUTH, timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.3)
+    wait_for_http(f"{base}/v1/models", proc, headers=AUTH)
     yield base, proc
     proc.terminate()
     try:

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 
-from runtime_support import patched_llama_cpp
+from runtime_support import patched_llama_cpp, wait_for_http
 from tiny_model import build_tiny_ahn_gguf
 
 
@@ -100,16 +100,7 @@ def test_server_streams_and_survives_concurrency(tiny):
                              "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.5)
+        wait_for_http(f"{base}/models", proc)
 
         models = httpx.get(f"{base}/models").json()
         assert models["data"][0]["id"] == tiny.name
