@@ -84,13 +84,11 @@ def register(sub, name: str, help_text: str) -> None:
     p.set_defaults(func=main)
 
 
-def build_settings(args):
-    """llama_cpp.server settings for an AHN model, after validating the file and the options."""
+def model_overrides(args) -> tuple[str, bool, list[str]]:
+    """The model to serve (default: the embedded one), validated, whether it has an AHN, and its window/sink
+    overrides as llama.cpp's KEY=int:VALUE strings (both engines take them in this form)."""
     from ahn_gguf.gguf_check import check_gguf_file
-    from ahn_gguf.runtime import _check_window, import_patched_llama_cpp
-
-    import_patched_llama_cpp()
-    from llama_cpp.server.settings import ModelSettings, ServerSettings
+    from ahn_gguf.runtime import _check_window
 
     model = args.model
     if model is None:
@@ -98,15 +96,24 @@ def build_settings(args):
 
         model = str(default_model_path())
     info = check_gguf_file(model)
-    overrides = []
-    is_ahn = info.arch in C.BASE_FOR_ARCH
-    if is_ahn:
-        window = args.window if args.window is not None else info.ahn_window
-        sinks = args.sinks if args.sinks is not None else info.ahn_sinks
-        _check_window(window, sinks, args.n_ctx)
-        overrides = [f"{C.KEY_WINDOW.format(arch=info.arch)}=int:{window}", f"{C.KEY_SINKS.format(arch=info.arch)}=int:{sinks}"]
-    elif args.window is not None or args.sinks is not None:
-        raise AHNError(f"{model}: architecture {info.arch!r} has no AHN; --window/--sinks do not apply")
+    if info.arch not in C.BASE_FOR_ARCH:
+        if args.window is not None or args.sinks is not None:
+            raise AHNError(f"{model}: architecture {info.arch!r} has no AHN; --window/--sinks do not apply")
+        return model, False, []
+    window = args.window if args.window is not None else info.ahn_window
+    sinks = args.sinks if args.sinks is not None else info.ahn_sinks
+    _check_window(window, sinks, args.n_ctx)
+    return model, True, [f"{C.KEY_WINDOW.format(arch=info.arch)}=int:{window}", f"{C.KEY_SINKS.format(arch=info.arch)}=int:{sinks}"]
+
+
+def build_settings(args):
+    """llama_cpp.server settings for an AHN model, after validating the file and the options."""
+    from ahn_gguf.runtime import import_patched_llama_cpp
+
+    import_patched_llama_cpp()
+    from llama_cpp.server.settings import ModelSettings, ServerSettings
+
+    model, is_ahn, overrides = model_overrides(args)
     for flag in ("max_body_bytes", "max_tokens_limit"):
         if getattr(args, flag) < 1:
             raise AHNError(f"--{flag.replace('_', '-')} must be >= 1")
@@ -294,15 +301,7 @@ def llama_server_command(args) -> list[str]:
     import shutil
     import sysconfig
 
-    from ahn_gguf.gguf_check import check_gguf_file
-    from ahn_gguf.runtime import _check_window
-
-    model = args.model
-    if model is None:
-        from ahn_gguf.default_model import default_model_path
-
-        model = str(default_model_path())
-    info = check_gguf_file(model)
+    model, _, overrides = model_overrides(args)
     if args.parallel < 1:
         raise AHNError("--parallel must be >= 1")
     binary = Path(sysconfig.get_path("scripts")) / "llama-server"
@@ -315,12 +314,8 @@ def llama_server_command(args) -> list[str]:
     # buffer (-kvu): the slots share one ubatch of headroom, so the window cache is N x (S + W) + n_ubatch
     cmd = [str(binary), "-m", model, "--host", args.host, "--port", str(args.port), "-np", str(args.parallel),
            "-c", str(args.n_ctx * args.parallel), "-kvu", "-ngl", str(args.n_gpu_layers)]
-    if info.arch in C.BASE_FOR_ARCH:
-        window = args.window if args.window is not None else info.ahn_window
-        sinks = args.sinks if args.sinks is not None else info.ahn_sinks
-        _check_window(window, sinks, args.n_ctx)
-        cmd += ["--override-kv", f"{C.KEY_WINDOW.format(arch=info.arch)}=int:{window}",
-                "--override-kv", f"{C.KEY_SINKS.format(arch=info.arch)}=int:{sinks}"]
+    for override in overrides:
+        cmd += ["--override-kv", override]
     if args.threads:
         cmd += ["-t", str(args.threads), "-tb", str(args.threads)]
     if args.model_alias:
