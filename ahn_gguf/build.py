@@ -1,8 +1,10 @@
 """Build and install the patched llama-cpp-python that runs AHN models (`ahn-gguf build`).
 
-The pinned llama-cpp-python 0.3.36 sdist (it vendors llama.cpp 0c1e57098) is unpacked,
-the ordered patch series in `patches/` is applied, the AHN kernels of `native/` are copied
-into ggml, and a wheel is built with scikit-build-core and installed as `llama_cpp`.
+The pinned llama-cpp-python 0.3.36 sdist (it vendors llama.cpp 0c1e57098) is unpacked, the
+two ordered patch series are applied -- `patches/llama.cpp/` (rooted at llama.cpp, so that a
+llama.cpp checkout of that commit takes them with `git am`) to its `vendor/llama.cpp/`, and
+`patches/llama-cpp-python/` (the ctypes bindings) to the rest -- the AHN kernels of `native/`
+are copied into ggml, and a wheel is built with scikit-build-core and installed as `llama_cpp`.
 
 The wheel is cached under `$AHN_GGUF_CACHE/llama-cpp-python/<key>/`, the key being a hash
 of everything that goes into it (sdist, patches, native sources, build flags): a repeat
@@ -35,7 +37,7 @@ from ahn_gguf.sdist import SDIST_ROOT, SDIST_SHA256, cache_dir, sdist_path
 from ahn_gguf.paths import NATIVE_DIR, PATCHES_DIR
 
 # bump when the build procedure itself changes in a way the key would not see
-BUILD_RECIPE = 1
+BUILD_RECIPE = 2
 
 # the native files that go into ggml: the kernels and their dispatcher (not the standalone
 # thread pool or self-test, which belong to the cffi binding)
@@ -113,12 +115,21 @@ class BuildConfig:
         return args
 
 
-def patch_files() -> list[Path]:
-    """The patch series, in order (file names start with their position)."""
-    patches = sorted(PATCHES_DIR.glob("*.patch"))
+# the two series: (folder under patches/, where it applies inside the sdist)
+PATCH_SERIES = (("llama.cpp", "vendor/llama.cpp"), ("llama-cpp-python", "."))
+
+
+def patch_series(name: str) -> list[Path]:
+    """One series, in order (file names start with their position)."""
+    patches = sorted((PATCHES_DIR / name).glob("*.patch"))
     if not patches:
-        raise BuildError(f"no patches in {PATCHES_DIR}")
+        raise BuildError(f"no patches in {PATCHES_DIR / name}")
     return patches
+
+
+def patch_files() -> list[Path]:
+    """Both series, llama.cpp's first: everything the build applies."""
+    return [p for name, _ in PATCH_SERIES for p in patch_series(name)]
 
 
 def native_files(cfg: BuildConfig) -> list[Path]:
@@ -139,7 +150,7 @@ def build_key(cfg: BuildConfig) -> str:
     for folder, paths in (("patches", patch_files()), ("native", native_files(cfg))):
         for path in paths:
             h.update(f"{folder}/{path.relative_to(PATCHES_DIR if folder == 'patches' else NATIVE_DIR).as_posix()}\n".encode())
-        h.update(hashlib.sha256(path.read_bytes()).hexdigest().encode() + b"\n")
+            h.update(hashlib.sha256(path.read_bytes()).hexdigest().encode() + b"\n")
     return h.hexdigest()[:16]
 
 
@@ -199,13 +210,15 @@ def prepare_source(dest: Path, cfg: BuildConfig, key: str) -> Path:
     if vendor_git.is_file():
         vendor_git.unlink()  # a submodule pointer to a .git that the sdist does not ship
 
-    for patch in patch_files():
-        # --check first, so a patch that does not apply leaves a clear message, not a half tree
-        for check in (True, False):
-            cmd = ["git", "apply", "-p1", "--whitespace=nowarn"] + (["--check"] if check else []) + [str(patch)]
-            proc = subprocess.run(cmd, cwd=src, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise BuildError(f"patch {patch.name} does not apply to llama-cpp-python {SDIST_ROOT}:\n{proc.stderr}")
+    for name, where in PATCH_SERIES:
+        for patch in patch_series(name):
+            # --check first, so a patch that does not apply leaves a clear message, not a half tree
+            for check in (True, False):
+                cmd = ["git", "apply", "-p1", "--whitespace=nowarn", *([f"--directory={where}"] if where != "." else []),
+                       *(["--check"] if check else []), str(patch)]
+                proc = subprocess.run(cmd, cwd=src, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise BuildError(f"patch {name}/{patch.name} does not apply to {SDIST_ROOT}/{where}:\n{proc.stderr}")
 
     # native/ keeps its layout under ggml-cpu/ahn/ (C kernels) and ggml-cuda/ahn/ (the CUDA kernels
     # include "../ahn_memory.h"); the patches' CMake and includes expect exactly these places
@@ -352,40 +365,78 @@ def install_tools(cfg: BuildConfig, force: bool = False) -> list[Path]:
 # --- developer helpers: a git tree to edit the patches in, and re-export them ----------------
 
 
+DEV_GIT = ["git", "-c", "user.name=ahn-gguf", "-c", "user.email=dev@ahn-gguf.local"]
+
+
+def _git(repo: Path, *args: str) -> str:
+    proc = subprocess.run([*DEV_GIT, *args], cwd=repo, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"git {' '.join(args)} in {repo} failed:\n{proc.stderr.strip()}")
+    return proc.stdout
+
+
 def make_dev_tree(dest: Path) -> None:
-    """A git repository of the sdist with one commit per patch, for editing the series."""
+    """Two git repositories to edit the series in, one commit per patch on a pristine first commit:
+
+    DEST/llama.cpp          the sdist's vendor tree (llama.cpp 0c1e57098) + patches/llama.cpp/,
+                            with native/ copied into ggml (untracked), so cmake can build it as is;
+    DEST/llama-cpp-python   the rest of the sdist + patches/llama-cpp-python/, its vendor/llama.cpp
+                            a link to the first (untracked), so `pip install` builds the edited state.
+    """
     if dest.exists():
         raise BuildError(f"{dest} exists")
     dest.mkdir(parents=True)
     with tarfile.open(sdist_path()) as tf:
-        tf.extractall(dest / ".x")
-    shutil.move(str(dest / ".x" / SDIST_ROOT), dest / "sdist")
+        tf.extractall(dest / ".x", filter="data") if hasattr(tarfile, "data_filter") else tf.extractall(dest / ".x")
+    bindings, llama = dest / "llama-cpp-python", dest / "llama.cpp"
+    shutil.move(str(dest / ".x" / SDIST_ROOT), bindings)
     shutil.rmtree(dest / ".x")
-    repo = dest / "sdist"
-    (repo / "vendor" / "llama.cpp" / ".git").unlink(missing_ok=True)
-    shutil.rmtree(repo / ".git", ignore_errors=True)
-    git = ["git", "-c", "user.name=ahn-gguf", "-c", "user.email=dev@ahn-gguf.local"]
-    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
-    subprocess.run([*git, "add", "-A", "-f"], cwd=repo, check=True)
-    subprocess.run([*git, "commit", "-qm", f"pristine {SDIST_ROOT}"], cwd=repo, check=True)
-    for patch in patch_files():
-        subprocess.run([*git, "am", "-q", "--keep-cr", str(patch)], cwd=repo, check=True)
-    print(f"dev tree at {repo}: edit, commit (one commit per patch), then `ahn-gguf build --export-patches {repo}`")
+    shutil.move(str(bindings / "vendor" / "llama.cpp"), llama)
+    (llama / ".git").unlink(missing_ok=True)  # a submodule pointer to a .git that the sdist does not ship
+    shutil.rmtree(bindings / ".git", ignore_errors=True)  # the sdist ships upstream's (partial) .git
+    (bindings / "vendor" / "llama.cpp").symlink_to(Path("..") / ".." / "llama.cpp")
+
+    for (name, _), repo in zip(PATCH_SERIES, (llama, bindings)):
+        _git(repo, "init", "-q")
+        exclude = repo / ".git" / "info" / "exclude"
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        exclude.write_text("/vendor/llama.cpp\n" if repo == bindings else "".join(
+            f"/ggml/src/{b}/ahn/\n" for b in ("ggml-cpu", "ggml-cuda")))
+        _git(repo, "add", "-A", "-f", ".") if repo == llama else _git(repo, "add", "-A", ".")
+        _git(repo, "commit", "-qm", f"pristine {'llama.cpp 0c1e57098 (the vendor tree of ' + SDIST_ROOT + ')' if repo == llama else SDIST_ROOT}")
+        for patch in patch_series(name):
+            _git(repo, "am", "-q", "--keep-cr", str(patch))
+    for path in native_files(BuildConfig(cuda=True)):
+        rel = path.relative_to(NATIVE_DIR)
+        for backend in (["ggml-cuda"] if rel.parts[0] == "cuda" else ["ggml-cpu"] + (["ggml-cuda"] if rel.name == "ahn_memory.h" else [])):
+            target = llama / "ggml" / "src" / backend / "ahn" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+    print(f"dev trees at {llama} and {bindings}: edit, commit (one commit per patch; `git rebase -i` to amend one),\n"
+          f"then `ahn-gguf build --export-patches {dest}`")
 
 
-def export_patches(repo: Path) -> None:
-    """Write the commits after the pristine one as patches/NNNN-*.patch (replacing the series)."""
-    root = subprocess.run(["git", "rev-list", "--max-parents=0", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.split()[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["git", "format-patch", "-q", "--no-signature", "--zero-commit", "-o", tmp, f"{root}..HEAD"], cwd=repo, check=True)
-        new = sorted(Path(tmp).glob("*.patch"))
-        if not new:
-            raise BuildError("no commits after the pristine sdist")
-        for old in PATCHES_DIR.glob("*.patch"):
-            old.unlink()
-        for p in new:
-            shutil.copy2(p, PATCHES_DIR / p.name)
-    print(f"exported {len(new)} patches to {PATCHES_DIR}")
+def export_patches(dest: Path) -> None:
+    """Write the commits after each dev repository's pristine one back as patches/<series>/NNNN-*.patch."""
+    written = []
+    for name, _ in PATCH_SERIES:
+        repo = dest / name
+        if not (repo / ".git").is_dir():
+            raise BuildError(f"{repo} is not a dev tree made by `ahn-gguf build --dev-tree {dest}`")
+        root = _git(repo, "rev-list", "--max-parents=0", "HEAD").split()[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            _git(repo, "format-patch", "-q", "--no-signature", "--zero-commit", "-o", tmp, f"{root}..HEAD")
+            new = sorted(Path(tmp).glob("*.patch"))
+            if not new:
+                raise BuildError(f"no commits after the pristine tree in {repo}")
+            series = PATCHES_DIR / name
+            series.mkdir(parents=True, exist_ok=True)
+            for old in series.glob("*.patch"):
+                old.unlink()
+            for p in new:
+                shutil.copy2(p, series / p.name)
+        written.append(f"{len(new)} to {series}")
+    print("exported " + ", ".join(written))
 
 
 # --- CLI ---------------------------------------------------------------------------------
@@ -396,12 +447,15 @@ def register(sub, name: str, help_text: str) -> None:
         name,
         help=help_text,
         description=(
-            "Build llama-cpp-python 0.3.36 from its sdist with the AHN patches (patches/) and "
+            "Build llama-cpp-python 0.3.36 from its sdist with the AHN patches (patches/llama.cpp/ on its vendored "
+            "llama.cpp 0c1e57098, patches/llama-cpp-python/ on the bindings) and "
             "kernels (native/), and install it into this Python as `llama_cpp`. The wheel is "
             "cached by a hash of its inputs; an unchanged install is left as is."
         ),
         epilog="examples:\n  ahn-gguf build\n  ahn-gguf build --tools   # + llama-server, llama-cli, ... in this venv's bin/\n"
-               "  ahn-gguf build --cuda --cuda-archs 89\n  ahn-gguf build --print-key",
+               "  ahn-gguf build --cuda --cuda-archs 89\n  ahn-gguf build --print-key\n"
+               "  ahn-gguf build --print-cmake   # CMake options for your own llama.cpp build with patches/llama.cpp/\n"
+               "  ahn-gguf build --dev-tree ../dev && ahn-gguf build --export-patches ../dev   # edit the patches",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--cuda", action="store_true", help="also build the CUDA backend (GGML_CUDA=ON; needs nvcc)")
@@ -413,8 +467,13 @@ def register(sub, name: str, help_text: str) -> None:
                    help=f"also build llama.cpp's {', '.join(TOOLS)} from the same patched tree and flags, "
                         "and install them into this environment's bin/ (cached like the wheel)")
     p.add_argument("--print-key", action="store_true", help="print the build key of this checkout and exit")
-    p.add_argument("--dev-tree", metavar="DIR", type=Path, help="developers: create a git tree of the patched sdist in DIR")
-    p.add_argument("--export-patches", metavar="REPO", type=Path, help="developers: write REPO's commits back to patches/")
+    p.add_argument("--print-cmake", action="store_true",
+                   help="print the CMake options for this CPU (the SIMD levels named one by one, AMX off) and exit: "
+                        "for building your own llama.cpp with patches/llama.cpp/")
+    p.add_argument("--dev-tree", metavar="DIR", type=Path,
+                   help="developers: DIR/llama.cpp and DIR/llama-cpp-python, git repositories with one commit per patch")
+    p.add_argument("--export-patches", metavar="DIR", type=Path,
+                   help="developers: write the commits of DIR's two repositories back to patches/")
     p.set_defaults(func=_main)
 
 
@@ -428,6 +487,10 @@ def _main(args) -> int:
         return 0
     if args.print_key:
         print(build_key(cfg))
+        return 0
+    if args.print_cmake:
+        cuda = [a for a in cfg.cmake_args() if "CUDA" in a]
+        print(" ".join([*cpu_cmake_args(), *cuda]))
         return 0
     if args.wheel_only:
         print(ensure_built(cfg, force=args.force))

@@ -124,11 +124,6 @@ class Llama(_base_llama()):  # type: ignore[misc]
                 if t is not None and t not in _KV_TYPES_OK:
                     raise AHNModelError(f"{name}={t}: the AHN memory reads the K/V cache, which must be F16 (1) or F32 (0)")
 
-        # llama.cpp pads n_ctx to a multiple of 256; llama-cpp-python sizes its token array with the
-        # unpadded value but checks prompts against the padded one, so a prompt between the two
-        # fails with a numpy broadcast error instead of "exceed context window": ask for the padded size
-        if kwargs.get("n_ctx"):
-            kwargs["n_ctx"] = -(-int(kwargs["n_ctx"]) // 256) * 256
 
         from jinja2 import TemplateError  # a dependency of llama-cpp-python
 

@@ -135,7 +135,7 @@ def mutate(data: bytes, seed: int) -> tuple[str, bytes]:
         # values in tensor data: NaN/Inf patterns and random bits (the load must not crash)
         for _ in range(rng.randint(1, 32)):
             i = rng.randrange(hdr, len(b) - 4)
-            b[i:i + 4] = rng.choice([struct.pack("<f", float("nan")), struct.pack("<f", float("inf")), os.urandom(4)])
+            b[i:i + 4] = rng.choice([struct.pack("<f", float("nan")), struct.pack("<f", float("inf")), rng.randbytes(4)])
     elif kind == "string_len":
         # the length prefix of a string somewhere in the header
         positions = [i for i in range(8, hdr - 8) if b[i + 4:i + 8] == b"\0\0\0\0" and 0 < struct.unpack_from("<I", b, i)[0] < 64]

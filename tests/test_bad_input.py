@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,10 @@ def test_prompt_longer_than_n_ctx(tiny):
             llm.create_completion("x" * n, max_tokens=300)
     # the context still works afterwards
     assert llm.create_completion("short", max_tokens=2, temperature=0.0)["usage"]["completion_tokens"] >= 1
+    # between the 100 asked for and the padded 256: runs (llama-cpp-python's token and score arrays are
+    # sized by the padded n_ctx: patches/llama-cpp-python/0002; it was a numpy broadcast error)
+    out = llm.create_completion([1] + [5] * 199, max_tokens=4, temperature=0.0)
+    assert out["usage"]["prompt_tokens"] == 200 and out["usage"]["completion_tokens"] == 4
 
 
 def test_sidecar_for_another_base(fixtures_root, tmp_path):
@@ -181,28 +186,52 @@ def test_state_from_another_model(tiny, tmp_path, fixtures_root):
         ChatSession(a).load(f)
 
 
+# a case loads a 50 KB model and decodes 3 tokens: ~10 ms here; a case still running after this is a hang
+FUZZ_CASE_LIMIT_S = 120
+
+
+def _read_fuzz_log(log: Path) -> tuple[int | None, dict[int, dict]]:
+    started, done = None, {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        if line.startswith("start "):
+            started = int(line.split()[1])
+        elif line.strip():
+            rec = json.loads(line)
+            done[rec["case"]] = rec
+    return started, done
+
+
 def _run_fuzz(base: Path, work: Path, first: int, count: int) -> list[dict]:
-    """Cases first..first+count-1 in worker subprocesses; a worker killed by a signal is a crash,
-    recorded, and a new worker continues after the crashing case."""
+    """Cases first..first+count-1 in worker subprocesses. A worker killed by a signal is a crash, and
+    one whose current case runs past FUZZ_CASE_LIMIT_S is a hang (killed): either is recorded with
+    the case's mutation, and a new worker continues after that case."""
+    from fuzz_gguf import mutate
+
+    data = base.read_bytes()
     results, i = [], first
     env = dict(os.environ, PYTHONPATH=str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     while i < first + count:
         log = work / f"results-{i}.jsonl"
-        proc = subprocess.run([sys.executable, str(TESTS / "fuzz_gguf.py"), str(base), str(i), str(first + count - i), str(work)],
-                              env=env, capture_output=True, text=True, timeout=1200)
-        started, done = None, {}
-        for line in log.read_text().splitlines() if log.exists() else []:
-            if line.startswith("start "):
-                started = int(line.split()[1])
-            else:
-                rec = json.loads(line)
-                done[rec["case"]] = rec
+        proc = subprocess.Popen([sys.executable, str(TESTS / "fuzz_gguf.py"), str(base), str(i), str(first + count - i), str(work)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        current, since, hung = None, time.monotonic(), False
+        while proc.poll() is None:
+            time.sleep(0.5)
+            started, _ = _read_fuzz_log(log)
+            if started != current:
+                current, since = started, time.monotonic()
+            elif time.monotonic() - since > FUZZ_CASE_LIMIT_S:
+                proc.kill()
+                hung = True
+        stderr = proc.communicate()[1]
+        started, done = _read_fuzz_log(log)
         results.extend(done.values())
-        if proc.returncode == 0:
+        if proc.returncode == 0 and not hung:
             break
-        crashed = started if started is not None else i
-        results.append({"case": crashed, "result": "crash", "returncode": proc.returncode, "stderr": proc.stderr[-2000:]})
-        i = crashed + 1
+        failed = started if started is not None else i
+        results.append({"case": failed, "kind": mutate(data, failed)[0], "result": "hang" if hung else "crash",
+                        "returncode": proc.returncode, "stderr": stderr[-2000:]})
+        i = failed + 1
     return results
 
 
@@ -214,7 +243,7 @@ def test_fuzz_mutated_ahn_gguf(family, tmp_path, record_property):
     base = build_tiny_ahn_gguf(tmp_path / f"tiny-{family}.gguf", family=family)
     n = int(os.environ.get("AHN_GGUF_FUZZ_CASES", "1000"))
     results = _run_fuzz(base, tmp_path, 0, n)
-    crashes = [r for r in results if r["result"] == "crash"]
+    crashes = [r for r in results if r["result"] in ("crash", "hang")]
     unclear = [r for r in results if r["result"] == "rejected" and not r["clear"]]
     loaded = sum(r["result"] == "loaded" for r in results)
     record_property("fuzz_cases", len(results))
@@ -222,10 +251,10 @@ def test_fuzz_mutated_ahn_gguf(family, tmp_path, record_property):
     in_arrays = sum(str(r.get("kind", "")).startswith("array:") for r in results)
     record_property("fuzz_array_mutations", in_arrays)
     print(f"fuzz {family}: {len(results)} cases ({in_arrays} inside metadata arrays), {loaded} loaded and decoded, "
-          f"{len(results) - loaded - len(crashes)} rejected, {len(crashes)} crashes")
+          f"{len(results) - loaded - len(crashes)} rejected, {len(crashes)} crashes or hangs")
     assert len(results) >= n
     assert in_arrays >= n // 5, f"only {in_arrays} mutations inside the arrays"
-    assert not crashes, f"{len(crashes)} crashes, first: {crashes[0]}"
+    assert not crashes, f"{len(crashes)} crashes or hangs, first: {crashes[0]}"
     assert not unclear, f"{len(unclear)} rejections without a clear exception, first: {unclear[0]}"
 
 
@@ -304,3 +333,34 @@ def test_c_loader_rejects_bad_hparams(tiny, tmp_path, key, value, message):
     assert proc.returncode == 0, f"the C loader died (rc {proc.returncode}): {proc.stderr[-1500:]}"
     assert proc.stdout.strip() == "NULL", proc.stdout
     assert message in proc.stderr, proc.stderr[-1500:]
+
+
+def test_max_tokens_holds_when_every_token_ends_inside_a_character(tiny):
+    """A model that keeps emitting UTF-8 lead bytes (a fuzzed GGUF whose weights were corrupted did)
+    still stops at max_tokens: llama-cpp-python skipped its length check while the text ended inside
+    a character, so the request generated without end (patches/llama-cpp-python/0003). Run in a
+    subprocess, so that a regression fails on the timeout instead of hanging the suite."""
+    code = f"""
+import numpy as np
+import ahn_gguf
+from llama_cpp import LogitsProcessorList
+llm = ahn_gguf.Llama({str(tiny)!r}, n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False)
+lead = next(t for t in range(llm.n_vocab()) if llm.detokenize([t]) == b"\\xe0")
+def only_lead_bytes(ids, logits):
+    logits[:] = -np.inf
+    logits[lead] = 0.0
+    return logits
+for stream in (False, True):
+    kw = dict(max_tokens=7, temperature=0.0, logits_processor=LogitsProcessorList([only_lead_bytes]), stream=stream)
+    out = llm.create_completion("x", **kw)
+    if stream:
+        chunks = list(out)
+        print("stream", len(chunks), chunks[-1]["choices"][0]["finish_reason"])
+    else:
+        print("plain", out["usage"]["completion_tokens"], out["choices"][0]["finish_reason"])
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.split("\n")
+    assert "plain 7 length" in lines, proc.stdout
+    assert any(line.startswith("stream ") and line.endswith(" length") for line in lines), proc.stdout

@@ -35,8 +35,8 @@ def dists(tmp_path_factory):
 
 def test_wheel_carries_the_build_inputs(dists):
     names = zipfile.ZipFile(dists[0]).namelist()
-    patches = sorted(p.name for p in (ROOT / "patches").rglob("*.patch"))
-    assert sorted(Path(n).name for n in names if n.startswith("ahn_gguf/_patches/")) == patches
+    patches = sorted(p.relative_to(ROOT / "patches").as_posix() for p in (ROOT / "patches").rglob("*.patch"))
+    assert sorted(n[len("ahn_gguf/_patches/"):] for n in names if n.startswith("ahn_gguf/_patches/") and n.endswith(".patch")) == patches
     for f in ("ahn_memory.h", "ahn_memory.c", "ahn_memory_avx2.c", "cuda/ahn_memory_cuda.cuh"):
         assert f"ahn_gguf/_native/{f}" in names
     assert "ahn_gguf/data/smollm2-135m-ahn-gdn.gguf" in names

@@ -29,7 +29,7 @@ _STATS = re.compile(r"#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)")
 
 
 # inputs that aborted the loader before the fuzzer existed (the issue's vocabulary abort, and the
-# GGML_ASSERTs on hyper-parameters patch 0007 turned into load errors): tiny model + one metadata change
+# GGML_ASSERTs on hyper-parameters patches/llama.cpp/0010 turned into load errors): tiny model + one metadata change
 KNOWN = {
     "vocab-duplicate-token": ("tokenizer.ggml.tokens", "duplicate"),
     "block-count-zero": ("{arch}.block_count", 0),
@@ -125,7 +125,7 @@ def run_campaign(fuzzer: Path, work: Path, *, seconds: int, seed: int = 1) -> di
 
 
 # what the fuzzers found while the loader was hardened (the history the report keeps; each is fixed in
-# patches/0007 and replayed by KNOWN or by tests/test_bad_input.py)
+# patches/llama.cpp/0010 and replayed by KNOWN or by tests/test_bad_input.py)
 FINDINGS = [
     ("Python mutation fuzz (issue report)", "two equal token strings: GGML_ASSERT(id_to_token.size() == token_to_id.size()) "
      "in llama-vocab.cpp aborted the load", "load error naming both token ids; the Python pre-check rejects it first"),
