@@ -293,3 +293,31 @@ def test_serve_engine_llama_server(tools, tiny, n_ctx, record_property):
     # one unified cache: 2 slots x (S + W) + one ubatch (512), padded to 256 -- the same whatever -c is
     assert cells == 768, out[-2000:]
     assert f"n_ctx_seq = {2 * n_ctx}" in out or f"n_ctx_seq = {n_ctx}" in out
+
+
+def test_bench_serve_quick(tools, tmp_path, record_property):
+    """`ahn-gguf bench serve --quick` on the default model and its stock base: every point measured, the
+    memory read from the servers' logs, the ratios and the report written (a benchmark, so no speed is
+    asserted: its figures are in reports/bench-serve.md)."""
+    import json
+    import sys
+
+    out = tmp_path / "reports"
+    _run([sys.executable, "-m", "ahn_gguf.cli", "bench", "serve", "--quick", "--threads", "1",
+          "--llama-server", tools["llama-server"], "--out", out], timeout=1200)
+    result = json.loads((out / "bench-serve-quick.json").read_text())
+    points = {(p["mode"], p["conversations"]): p for p in result["points"]}
+    assert set(points) == {("stock", 1), ("ahn", 1), ("stock", 2), ("ahn", 2)}
+    W, S, G = result["window"], result["sinks"], result["gen_tokens"]
+    for (mode, n), p in points.items():
+        assert p["prompt_tokens"] == n * 2 * W and p["generated_tokens"] == n * G
+        assert p["prefill_tok_s"] > 0 and p["decode_tok_s"] > 0 and p["kv_bytes"] > 0
+        if mode == "ahn":
+            # the window cache: N x (S + W) + one ubatch, padded to 256 cells; one recurrent state per slot
+            assert p["window_cells"] == -(-(n * (S + W) + 512) // 256) * 256
+            assert p["state_bytes"] > 0
+        else:
+            assert p["window_cells"] is None and p["state_bytes"] == 0
+    assert len(result["ratios"]) == 2
+    record_property("bench_serve_quick_ratios", json.dumps(result["ratios"]))
+    assert "| stock | 2 |" in (out / "bench-serve-quick.md").read_text()

@@ -3,7 +3,8 @@
 Each benchmark module exposes add_arguments(parser), run(args) -> dict and main(args);
 its heavy imports (llama_cpp, torch) happen only when its subcommand runs, so
 `ahn-gguf --help` stays fast. `bench all` (this module's own add_arguments / main) runs
-op, runtime and formulas one after the other, each with its defaults.
+op, runtime and formulas one after the other, each with its defaults (`bench serve` needs
+llama.cpp's programs, `ahn-gguf build --tools`, and runs on its own).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ BENCHMARKS = [
     ("runtime", "ahn_gguf.bench.runtime",
      "the whole model in llama.cpp: stock full attention vs sinks + window (+ AHN fused / composed) vs context"),
     ("formulas", "ahn_gguf.bench.formulas", "the paper's FLOP and cache formulas next to what the runtime allocates"),
+    ("serve", "ahn_gguf.bench.serve",
+     "llama.cpp's llama-server, stock vs AHN: 1 / 4 / 16 concurrent conversations, throughput and memory per conversation"),
     ("all", "ahn_gguf.bench.cli", "op + runtime + formulas, each with its defaults (reports in --out)"),
 ]
 
