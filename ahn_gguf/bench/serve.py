@@ -82,6 +82,22 @@ def _peak_rss(pid: int) -> int | None:
     return None
 
 
+def http_json(method: str, url: str, body: dict | None = None, timeout: float = 600) -> dict:
+    """One JSON request with the standard library (the GPU machine of `bench gpu` has no httpx)."""
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise BenchServeError(f"{method} {url}: HTTP {e.code}: {e.read()[:500]!r}") from e
+    except (urllib.error.URLError, OSError) as e:
+        raise BenchServeError(f"{method} {url}: {e}") from e
+
+
 class Server:
     """One llama-server process; its log goes to a file (read for the memory it allocated)."""
 
@@ -98,17 +114,15 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 300) -> None:
-        import httpx
-
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise BenchServeError(f"llama-server exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{self.base}/health", timeout=2).status_code == 200:
+                if http_json("GET", f"{self.base}/health", timeout=2).get("status") == "ok":
                     return
-            except httpx.HTTPError:
-                pass
+            except BenchServeError:
+                pass  # loading: 503, or not listening yet
             time.sleep(0.3)
         raise BenchServeError(f"llama-server did not answer within {timeout:.0f} s: {' '.join(self.cmd)}")
 
