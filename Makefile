@@ -1,6 +1,7 @@
 # ahn-gguf: the two commands of the README, and their shared set-up.
 #   make demo   long-context generation with the embedded default model (SmolLM2-135M + AHN-GDN)
 #   make test   the test suite (also builds llama.cpp's programs: ahn-gguf build --tools)
+#   make lint   ruff over the tree (CI runs it before the tests)
 # Both create .venv, install ahn-gguf with its extras and build the patched llama-cpp-python
 # (cached by a hash of its inputs in ~/.cache/ahn-gguf; a rebuild takes 4-9 minutes on 2 cores).
 
@@ -9,7 +10,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ahn-setup-stamp
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,10 @@ test: setup
 	$(VENV)/bin/ahn-gguf build --tools
 	$(PY) tests/fuzz/build_fuzzer.py
 	$(PY) -m pytest -q tests
+
+# pyflakes, pycodestyle, bugbear, isort, pyupgrade ([tool.ruff] in pyproject.toml)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 bench: setup
 	$(VENV)/bin/ahn-gguf bench all

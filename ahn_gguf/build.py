@@ -32,9 +32,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ahn_gguf.sdist import SDIST_ROOT, SDIST_SHA256, cache_dir, sdist_path
-
+from ahn_gguf.errors import AHNError
 from ahn_gguf.paths import NATIVE_DIR, PATCHES_DIR
+from ahn_gguf.sdist import SDIST_ROOT, SDIST_SHA256, cache_dir, sdist_path
 
 # bump when the build procedure itself changes in a way the key would not see
 BUILD_RECIPE = 2
@@ -71,7 +71,7 @@ X86_AVX512 = ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw")
 X86_AVX512_EXT = (("avx512_vnni", "GGML_AVX512_VNNI"), ("avx512_bf16", "GGML_AVX512_BF16"), ("avx512vbmi", "GGML_AVX512_VBMI"))
 
 
-class BuildError(RuntimeError):
+class BuildError(AHNError, RuntimeError):
     """The patched llama-cpp-python could not be built or installed."""
 
 

@@ -36,9 +36,6 @@ def canonical_variant(name: str) -> str:
     raise ValueError(f"unknown AHN variant {name!r}; expected one of {', '.join(VARIANTS)}")
 
 
-# number of write-gate floats each cached token carries, per AHN head (native/ahn_memory.h)
-GATES_PER_HEAD = {GDN: 2, DN: 1, MAMBA2: 2}
-
 # --- Hugging Face config.json keys (the released AHN checkpoints) ----------------------------
 
 HF_AHN_IMPLEMENTATION = "_ahn_implementation"

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ahn_gguf.errors import AHNError
+
 from .sdist import cache_dir, sha256_file
 
 DEB_PACKAGE = "python3.11-doc"
@@ -59,7 +61,7 @@ HELDOUT_FRACTION = 0.12           # of the long documents (stable hash of the pa
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 
 
-class DataError(RuntimeError):
+class DataError(AHNError, RuntimeError):
     """The text could not be obtained or is unusable; the message says why and what to do."""
 
 
@@ -292,14 +294,3 @@ class TrainSequences:
 
 def training_sequences(split: Split, tokenizer, length: int) -> np.ndarray:
     return pack(tokenize(split.train, tokenizer), length)
-
-
-def heldout_sequences(split: Split, tokenizer, length: int, max_docs: int | None = None) -> list[tuple[str, np.ndarray]]:
-    """(path, first `length` tokens) of each held-out document that has at least `length` tokens."""
-    out = []
-    for doc, ids in zip(split.heldout, tokenize(split.heldout, tokenizer)):
-        if len(ids) >= length:
-            out.append((doc.path, ids[:length]))
-        if max_docs is not None and len(out) >= max_docs:
-            break
-    return out

@@ -51,7 +51,16 @@ from .constants import (
     VARIANTS,
 )
 from .gguf_file import read_metadata
-from .sdist import SMOLLM2_GGUF_MEMBER, SMOLLM2_WHEEL, PinnedFile, cache_dir, extract_from, extract_member, pinned_path, smollm2_gguf  # noqa: F401 - re-exported
+from .sdist import (  # noqa: F401 - re-exported
+    SMOLLM2_GGUF_MEMBER,
+    SMOLLM2_WHEEL,
+    PinnedFile,
+    cache_dir,
+    extract_from,
+    extract_member,
+    pinned_path,
+    smollm2_gguf,
+)
 
 # bump when anything below changes what is written: cached fixtures are then regenerated
 FIXTURES_VERSION = 1

@@ -523,7 +523,7 @@ class _DeviceCopies:
     def __init__(self) -> None:
         self.ptrs: list[Any] = []
 
-    def __enter__(self) -> "_DeviceCopies":
+    def __enter__(self) -> _DeviceCopies:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ahn_gguf import constants as C
@@ -190,8 +189,3 @@ def _check_window(window: int | None, sinks: int | None, n_ctx: int) -> None:
             f"ahn_sinks + ahn_window = {sinks} + {window} exceeds n_ctx = {n_ctx}: the memory would never be used; "
             "raise n_ctx (it costs no memory with an AHN) or lower the window"
         )
-
-
-def llama_cpp_path() -> Path:
-    """Folder of the installed llama_cpp package (for diagnostics)."""
-    return Path(import_patched_llama_cpp().__file__).parent

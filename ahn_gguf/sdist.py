@@ -22,6 +22,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ahn_gguf.errors import AHNError
+
 SDIST_NAME = "llama-cpp-python"
 SDIST_VERSION = "0.3.36"
 SDIST_FILENAME = f"llama_cpp_python-{SDIST_VERSION}.tar.gz"
@@ -30,7 +32,7 @@ SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 SDIST_ROOT = f"llama_cpp_python-{SDIST_VERSION}"
 
 
-class PinnedDownloadError(RuntimeError):
+class PinnedDownloadError(AHNError, RuntimeError):
     """A pinned file could not be obtained or did not match its sha256."""
 
 

@@ -74,7 +74,7 @@ class BaseShape:
     n_head_kv: int
     head_dim: int      # d
 
-    def mismatch(self, other: "BaseShape") -> list[str]:
+    def mismatch(self, other: BaseShape) -> list[str]:
         names = {"arch": "architecture", "n_layer": "layers", "n_embd": "hidden size", "n_head": "attention heads",
                  "n_head_kv": "KV heads", "head_dim": "head dim"}
         return [f"{label} {getattr(self, k)} vs {getattr(other, k)}" for k, label in names.items()
@@ -134,7 +134,7 @@ class AHNPayload:
 
     @classmethod
     def from_hf(cls, ahn_dir: Path, *, base_dir: Path | None = None, window: int | None = None,
-                sinks: int | None = None, source: str | None = None, training: str | None = None) -> "AHNPayload":
+                sinks: int | None = None, source: str | None = None, training: str | None = None) -> AHNPayload:
         """From an AHN-only folder (`base_dir` = its base folder, or None for a sidecar), or from a
         merged folder (`ahn_dir` = `base_dir` = the merged folder).
 
@@ -243,7 +243,7 @@ class AHNPayload:
 
     @classmethod
     def from_sidecar(cls, contents: GGUFContents, *, window: int | None = None,
-                     sinks: int | None = None) -> "AHNPayload":
+                     sinks: int | None = None) -> AHNPayload:
         """From an AHN-only GGUF (general.architecture = constants.ARCH_SIDECAR), validated."""
         where = contents.path or "the sidecar"
         if contents.arch != ARCH_SIDECAR:
@@ -284,7 +284,7 @@ class AHNPayload:
         payload.log_parameter_count()
         return payload
 
-    def with_window(self, window: int | None, sinks: int | None) -> "AHNPayload":
+    def with_window(self, window: int | None, sinks: int | None) -> AHNPayload:
         check_window_sinks(window, sinks)
         return replace(self, window=self.window if window is None else window,
                        sinks=self.sinks if sinks is None else sinks)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ahn_gguf.errors import AHNError
 
-class ConversionError(ValueError):
+
+class ConversionError(AHNError, ValueError):
     """A checkpoint, GGUF file or option the converter refuses; the message names the problem.
 
     Raised during validation, before any output is written (the output is written to a

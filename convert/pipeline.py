@@ -18,7 +18,7 @@ from ahn_gguf.constants import ARCH_FOR_BASE, BASE_FOR_ARCH
 
 from .ahn import AHNPayload, BaseShape, check_window_sinks
 from .errors import ConversionError
-from .gguf_io import GGUFContents, KV, VT, check_output, gguf, read_gguf, removing, temp_path, write_gguf
+from .gguf_io import KV, VT, GGUFContents, check_output, gguf, read_gguf, removing, temp_path, write_gguf
 from .quantize import canonical_outtype, patched_llama_cpp, quantize
 from .sources import resolve_checkpoint
 from .stock import STOCK_OUTTYPES, inference_mode, stock_contents, stock_model, write_stock

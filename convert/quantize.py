@@ -37,10 +37,6 @@ def quantizer_types() -> dict[str, int]:
     return out
 
 
-def outtype_choices() -> list[str]:
-    return list(STOCK_OUTTYPES) + sorted(quantizer_types()) + sorted(_ALIASES)
-
-
 def canonical_outtype(name: str) -> str:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)

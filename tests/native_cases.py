@@ -138,7 +138,8 @@ def gathered_inputs(case: Case, s: int):
         g, b = np.zeros((T, H)), gr[:, :H]
     else:
         g, b = gr[:, :H], gr[:, H:]
-    k[~write] = 0.0; v[~write] = 0.0; g[~write] = 0.0; b[~write] = 0.0
+    for x in (k, v, g, b):
+        x[~write] = 0.0
     state = case.state[s].astype(np.float64).transpose(0, 2, 1)   # native [h][j][i] -> SPEC M[h][i][j]
     return case.q[s].astype(np.float64), k, v, g, b, write, state
 

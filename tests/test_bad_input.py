@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from runtime_support import convert_fixture, patched_llama_cpp
 from tiny_model import ARCH, build_tiny_ahn_gguf
 

@@ -16,7 +16,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from runtime_support import patched_llama_cpp
 from tiny_model import build_tiny_ahn_gguf
 

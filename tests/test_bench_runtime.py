@@ -13,9 +13,9 @@ import statistics
 from pathlib import Path
 
 import pytest
+from runtime_support import convert_fixture
 
 from ahn_gguf.bench import cli, formulas, op, runtime
-from runtime_support import convert_fixture
 
 pytestmark = pytest.mark.llama
 

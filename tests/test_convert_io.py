@@ -11,7 +11,7 @@ import pytest
 from ahn_gguf.cli import main as cli_main
 from ahn_gguf.constants import GDN
 from ahn_gguf.convert import ConversionError
-from ahn_gguf.convert.gguf_io import VT, GGUFContents, KV, TensorEntry, gguf, read_gguf, write_gguf
+from ahn_gguf.convert.gguf_io import KV, VT, GGUFContents, TensorEntry, gguf, read_gguf, write_gguf
 from ahn_gguf.fixtures import ahn_folder, smollm2_gguf
 
 QT = gguf.GGMLQuantizationType

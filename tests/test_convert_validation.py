@@ -17,9 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from ahn_gguf.cli import main as cli_main
 from ahn_gguf.constants import ARCH_SIDECAR, DN, GDN, HF_AHN_IMPLEMENTATION, HF_USE_Q_PROJ, KEY_WINDOW, MAMBA2
-from ahn_gguf.convert import ConversionError
-from ahn_gguf.convert import pipeline
-from ahn_gguf.convert.gguf_io import VT, KV, gguf, read_gguf, write_gguf
+from ahn_gguf.convert import ConversionError, pipeline
+from ahn_gguf.convert.gguf_io import KV, VT, gguf, read_gguf, write_gguf
 from ahn_gguf.fixtures import ahn_folder, base_folder
 
 QT = gguf.GGMLQuantizationType

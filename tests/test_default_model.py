@@ -14,7 +14,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from runtime_support import patched_llama_cpp
 
 pytestmark = pytest.mark.llama

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from runtime_support import patched_llama_cpp, wait_for_http
 from tiny_model import SINKS, WINDOW, build_tiny_ahn_gguf
 
@@ -88,9 +87,7 @@ def _python_perplexity(model: Path, text: str, n_ctx: int, **kw) -> tuple[float,
 def test_perplexity_equals_python_runtime(tools, tmp_path, record_property):
     """The default model (SmolLM2 + AHN) with its window narrowed to 64 tokens, so that the memory works in
     every 512-token chunk: llama-perplexity and the Python runtime score the same tokens the same way."""
-    from ahn_gguf.default_model import default_model_path
-
-    from ahn_gguf.default_model import DATA_DIR
+    from ahn_gguf.default_model import DATA_DIR, default_model_path
 
     model = default_model_path()
     prose = (DATA_DIR / "demo-document.txt").read_text()[:12000]   # Python documentation, real text

@@ -23,9 +23,9 @@ import threading
 
 import numpy as np
 import pytest
+from native_cases import Case, make_case, naive_scan, numpy_scan, reference, rel_err  # tests/ is on sys.path
 
 from ahn_gguf import constants, native
-from native_cases import Case, make_case, naive_scan, numpy_scan, reference, rel_err  # tests/ is on sys.path
 
 TOL_REF = 1e-5
 TOL_KERNELS = 1e-5
@@ -131,8 +131,11 @@ def test_reference_matches_naive_scan():
 
 def test_numpy_reference_is_the_spec():
     """numpy_scan on a 1-head, d = 2 example worked by hand from AHN-SPEC (GDN)."""
-    k = np.array([[[3.0, 4.0]]]); v = np.array([[[1.0, 2.0]]]); q = np.array([[[0.0, 1.0]]])
-    g = np.array([[np.log(0.5)]]); b = np.array([[0.5]])
+    k = np.array([[[3.0, 4.0]]])
+    v = np.array([[[1.0, 2.0]]])
+    q = np.array([[[0.0, 1.0]]])
+    g = np.array([[np.log(0.5)]])
+    b = np.array([[0.5]])
     M0 = np.array([[[1.0, 0.0], [0.0, 1.0]]])
     o, M = numpy_scan("gdn", q, k, v, g, b, np.array([True]), M0)
     kn = np.array([3.0, 4.0]) / np.sqrt(25.0 + 1e-6)
@@ -279,9 +282,9 @@ def test_check_args_in_c():
     f, L = native.ffi(), native.lib()
     a = f.new("struct ahn_memory_args *", {"d": 64, "n_head": 3, "n_head_kv": 2, "kv_size": 1, "n_tokens": 1, "n_seqs": 1})
     assert b"multiple" in f.string(L.ahn_memory_check_args(a))
-    a.n_head = 4; a.d = 512
+    a.n_head, a.d = 4, 512
     assert b"1..256" in f.string(L.ahn_memory_check_args(a))
-    a.d = 64; a.variant = 7
+    a.d, a.variant = 64, 7
     assert b"variant" in f.string(L.ahn_memory_check_args(a))
     a.variant = 0
     assert b"NULL" in f.string(L.ahn_memory_check_args(a))

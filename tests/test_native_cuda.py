@@ -16,9 +16,9 @@ import subprocess
 
 import numpy as np
 import pytest
+from native_cases import make_case, reference, rel_err  # tests/ is on sys.path
 
 from ahn_gguf import constants, native
-from native_cases import make_case, reference, rel_err  # tests/ is on sys.path
 
 TOL = 1e-5
 VARIANTS = [constants.GDN, constants.DN, constants.MAMBA2]

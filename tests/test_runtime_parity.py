@@ -11,10 +11,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from runtime_support import (
-    FAMILIES, N_DECODE, SINKS, UBATCHES, VARIANTS, WINDOW, MEMORY_PATHS, assert_logits_close, memory_path,
-    convert_fixture, greedy_run, open_model, patched_llama_cpp, prompt_tokens, reference_logits,
+    FAMILIES,
+    MEMORY_PATHS,
+    N_DECODE,
+    SINKS,
+    UBATCHES,
+    VARIANTS,
+    WINDOW,
+    assert_logits_close,
+    convert_fixture,
+    greedy_run,
+    memory_path,
+    open_model,
+    patched_llama_cpp,
+    prompt_tokens,
+    reference_logits,
 )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from runtime_support import convert_fixture, greedy_run, kl_divergence, open_model, patched_llama_cpp
 
 

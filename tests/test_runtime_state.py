@@ -9,10 +9,8 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-
 from runtime_support import WINDOW, convert_fixture, greedy_run, open_model, patched_llama_cpp, prompt_tokens
 
 

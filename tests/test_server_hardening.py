@@ -20,7 +20,6 @@ import time
 from argparse import Namespace
 
 import pytest
-
 from runtime_support import patched_llama_cpp, wait_for_http
 from tiny_model import build_tiny_ahn_gguf
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from runtime_support import patched_llama_cpp
 from tiny_model import build_tiny_ahn_gguf
 

@@ -12,7 +12,6 @@ import ctypes
 
 import numpy as np
 import pytest
-
 from runtime_support import patched_llama_cpp
 from tiny_model import build_tiny_ahn_gguf
 

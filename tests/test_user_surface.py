@@ -21,7 +21,6 @@ import time
 
 import numpy as np
 import pytest
-
 from runtime_support import patched_llama_cpp, wait_for_http
 from tiny_model import build_tiny_ahn_gguf
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def parsed_defaults(add_arguments: Callable[[argparse.ArgumentParser], None], name: str,

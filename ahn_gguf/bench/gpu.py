@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from ahn_gguf.errors import AHNError
+
 PACK_SOURCE = "llama.cpp-ahn.tar.xz"
 PACK_MANIFEST = "manifest.json"
 PACK_FIXTURES = "parity"
@@ -86,7 +88,7 @@ QWEN25_3B = Shape("Qwen2.5-3B", n_layer=36, D=2048, H=16, H_kv=2, d=128, ffn=110
 TINY = Shape("tiny", n_layer=2, D=256, H=4, H_kv=2, d=64, ffn=512, vocab=1024)
 
 
-class BenchGPUError(RuntimeError):
+class BenchGPUError(AHNError, RuntimeError):
     """The GPU run could not go on (no GPU, a failed build, a server that does not start)."""
 
 

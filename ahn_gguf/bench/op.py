@@ -29,12 +29,14 @@ import platform
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ahn_gguf import constants, native
+
 from . import parsed_defaults
 
 # (H, H_kv, d, layers) of the base models the AHN checkpoints target
@@ -244,7 +246,9 @@ def run(args: argparse.Namespace) -> dict:
             state_bytes = 2 * 4 * shape["d"] ** 2 * shape["n_head"] * sc["n_seqs"] * shape["n_layer"]
             tokens = sc["n_seqs"] * sc["n_tokens"]
 
-            def row(kernel: str, seconds: dict, device: str = "cpu") -> dict:
+            # bound now: row() and the timed lambdas run within this iteration, but say so to the reader (and bugbear)
+            def row(kernel: str, seconds: dict, device: str = "cpu", *, model=model, sc=sc, shape=shape,
+                    scale_to_model=scale_to_model, tokens=tokens, state_bytes=state_bytes) -> dict:
                 step_s = seconds["best_s"] * scale_to_model
                 r = {"model": model, "scenario": sc["name"], "kernel": kernel, "device": device,
                      "n_seqs": sc["n_seqs"], "n_tokens": sc["n_tokens"], "layers": shape["n_layer"],
@@ -259,7 +263,7 @@ def run(args: argparse.Namespace) -> dict:
 
             rows = []
             for k in kernels:
-                t = time_it(lambda: [s.run(k, args.threads) for s in steps], min_reps=min_reps, min_seconds=min_s)
+                t = time_it(lambda k=k, steps=steps: [s.run(k, args.threads) for s in steps], min_reps=min_reps, min_seconds=min_s)
                 rows.append(row(k, t))
             if not args.no_torch:
                 try:
@@ -267,7 +271,7 @@ def run(args: argparse.Namespace) -> dict:
                 except ImportError:
                     ts = []
                 if ts:
-                    t = time_it(lambda: [f() for f in ts], min_reps=min(min_reps, 3), min_seconds=min_s)
+                    t = time_it(lambda ts=ts: [f() for f in ts], min_reps=min(min_reps, 3), min_seconds=min_s)
                     rows.append(row("torch", t))
             if use_cuda:
                 ms = sum(native.time_cuda(s, n_iter=20) for s in steps)

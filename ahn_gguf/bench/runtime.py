@@ -40,13 +40,15 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ahn_gguf import constants as C
+
 from . import parsed_defaults
 
 # --- modes ------------------------------------------------------------------------------------
@@ -644,9 +646,9 @@ def busy_warning(threads: int) -> str | None:
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
-    from ahn_gguf.bench import op
-
     import llama_cpp
+
+    from ahn_gguf.bench import op
 
     t0 = time.perf_counter()
     busy = busy_warning(args.threads)

@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ahn_gguf.errors import AHNError
+
 from . import parsed_defaults
 
 GIB = 1 << 30
@@ -50,7 +52,7 @@ RS_BUFFER = re.compile(r"llama_memory_recurrent:\s+\S+ RS buffer size =\s+([\d.]
 AHN_CELLS = re.compile(r"AHN window = (\d+), sinks = (\d+) -> (\d+) window-cache cells")
 
 
-class BenchServeError(RuntimeError):
+class BenchServeError(AHNError, RuntimeError):
     """The benchmark could not run (no llama-server, a server that does not start, a failed request)."""
 
 

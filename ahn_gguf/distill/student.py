@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..reference.model import ReferenceModel, repeat_kv, rope_cos_sin, window_mask
-from ..reference.recurrence import chunked_scan, scan as reference_scan
+from ..reference.recurrence import chunked_scan
+from ..reference.recurrence import scan as reference_scan
 
 # positions per KL chunk: bounds the [chunk, vocab] logits alive at once; 128 x 49k-vocab floats
 # (25 MB) stay under glibc's mmap threshold as tuned by distill.trainer (fewer page faults)

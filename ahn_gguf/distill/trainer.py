@@ -74,7 +74,7 @@ class DistillConfig:
     max_sequences: int = 0                  # 0: all packed training sequences
     progress: bool = True
 
-    def validate(self) -> "DistillConfig":
+    def validate(self) -> DistillConfig:
         self.variant = canonical_variant(self.variant)
         for name in ("seq_len", "batch_size", "steps", "window", "threads"):
             if getattr(self, name) < 1:

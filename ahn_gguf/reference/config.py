@@ -20,9 +20,10 @@ from ..constants import (
     HF_USE_Q_PROJ,
     VARIANTS,
 )
+from ..errors import AHNError
 
 
-class AHNConfigError(ValueError):
+class AHNConfigError(AHNError, ValueError):
     """A checkpoint or setting the reference cannot honour; the message names the problem."""
 
 
@@ -69,7 +70,7 @@ class ReferenceConfig:
             return ()
         return tuple(i for i in range(self.num_hidden_layers) if i not in self.fa_layer_ids)
 
-    def validate(self) -> "ReferenceConfig":
+    def validate(self) -> ReferenceConfig:
         if self.family not in FAMILIES:
             raise AHNConfigError(f"unsupported base family {self.family!r}; expected one of {sorted(FAMILIES)}")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -91,14 +92,14 @@ class ReferenceConfig:
                 f"0..{self.num_hidden_layers - 1}")
         return self
 
-    def with_window(self, window: int | None = None, sinks: int | None = None) -> "ReferenceConfig":
+    def with_window(self, window: int | None = None, sinks: int | None = None) -> ReferenceConfig:
         """A copy with W and/or S replaced (None keeps the current value), validated."""
         return replace(self, window=self.window if window is None else window,
                        sinks=self.sinks if sinks is None else sinks).validate()
 
     @classmethod
     def from_hf(cls, base: dict, ahn: dict | None = None, *, window: int | None = None,
-                sinks: int | None = None) -> "ReferenceConfig":
+                sinks: int | None = None) -> ReferenceConfig:
         """Build from a base config.json dict and, optionally, an AHN config.json dict.
 
         With `ahn=None`, AHN keys are looked for in `base` itself (a merged checkpoint).

@@ -88,7 +88,7 @@ def readout(variant: str, fn: torch.nn.Module, o: torch.Tensor, u: torch.Tensor,
 
 
 def pack_gate_rows(variant: str, g: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Write gates [..., H] -> the native gate-cache rows [..., GATES_PER_HEAD*H] (ahn_memory.h).
+    """Write gates [..., H] -> the native gate-cache rows [..., 2H] (DN: [..., H]; ahn_memory.h).
 
     GDN: [g_0..g_{H-1}, beta_0..beta_{H-1}]; DN: [beta...]; Mamba2: [g..., dt...].
     """

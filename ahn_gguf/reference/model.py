@@ -250,7 +250,7 @@ class AHNCache:
         self.pos = 0
         self.layers = [LayerCache() for _ in range(n_layer)]
 
-    def clone(self) -> "AHNCache":
+    def clone(self) -> AHNCache:
         return copy.deepcopy(self)
 
 
@@ -380,7 +380,7 @@ class ReferenceModel(nn.Module):
         """The trainable AHN parameters (what distillation optimises)."""
         return [p for layer in self.model.layers if layer.ahn is not None for p in layer.ahn.parameters()]
 
-    def freeze_base(self) -> "ReferenceModel":
+    def freeze_base(self) -> ReferenceModel:
         """requires_grad only on AHN parameters (the student of self-distillation)."""
         ahn = {id(p) for p in self.ahn_parameters()}
         for p in self.parameters():

@@ -42,8 +42,9 @@ KNOWN = {
 
 def regression_inputs(work: Path) -> list[Path]:
     """The KNOWN inputs (built into `work`) and the raw files in regressions/."""
-    from ahn_gguf.convert.gguf_io import KV, VT, read_gguf, write_gguf
     from tiny_model import ARCH, build_tiny_ahn_gguf
+
+    from ahn_gguf.convert.gguf_io import KV, VT, read_gguf, write_gguf
 
     work.mkdir(parents=True, exist_ok=True)
     base = build_tiny_ahn_gguf(work / "base.gguf")
@@ -64,8 +65,9 @@ def regression_inputs(work: Path) -> list[Path]:
 
 def write_seed_corpus(folder: Path) -> Path:
     """One tiny AHN GGUF per base family and variant (~100 KB each)."""
-    from ahn_gguf import constants as C
     from tiny_model import build_tiny_ahn_gguf
+
+    from ahn_gguf import constants as C
 
     folder.mkdir(parents=True, exist_ok=True)
     for family in FAMILIES:
