@@ -12,7 +12,7 @@ build, or CI with a warm cache, only reinstalls it. The installed package carrie
 its version (`0.3.36+ahn.<key>`), so an up-to-date install is not even reinstalled.
 
 Build flags: `-march=native` is never used. ggml's AMX int8 path, which `-march=native`
-turns on for CPUs reporting AMX, crashes `llama_decode` on such machines (DESIGN.md);
+turns on for CPUs reporting AMX, crashes `llama_decode` on such machines (docs/DESIGN.md);
 instead the x86 SIMD levels the CPU has (AVX2, FMA, F16C, AVX-512, ...) are named one by
 one, AMX excluded.
 """
@@ -425,7 +425,7 @@ def export_patches(dest: Path) -> None:
             raise BuildError(f"{repo} is not a dev tree made by `ahn-gguf build --dev-tree {dest}`")
         root = _git(repo, "rev-list", "--max-parents=0", "HEAD").split()[0]
         with tempfile.TemporaryDirectory() as tmp:
-            _git(repo, "format-patch", "-q", "--no-signature", "--zero-commit", "-o", tmp, f"{root}..HEAD")
+            _git(repo, "format-patch", "-q", "--no-signature", "--zero-commit", "--no-numbered", "-o", tmp, f"{root}..HEAD")
             new = sorted(Path(tmp).glob("*.patch"))
             if not new:
                 raise BuildError(f"no commits after the pristine tree in {repo}")

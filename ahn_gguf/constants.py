@@ -79,7 +79,7 @@ KEY_BASE_N_HEAD = "ahn.base.head_count"       # u32
 KEY_BASE_N_HEAD_KV = "ahn.base.head_count_kv" # u32
 KEY_BASE_HEAD_DIM = "ahn.base.head_dim"       # u32
 
-AHN_NORM_EPS = 1e-5  # readout RMSNorm eps (AHN-SPEC, output path)
+AHN_NORM_EPS = 1e-5  # readout RMSNorm eps (docs/AHN-SPEC.md, output path)
 
 # the largest window accepted anywhere (converter, runtime): far beyond any trained AHN
 MAX_WINDOW = 1 << 24
@@ -91,7 +91,7 @@ class AHNTensor:
 
     hf: str            # name after "model.layers.{i}.ahn.fn."
     gguf: str          # GGUF name, "{bid}" = layer index
-    shape: str         # checkpoint shape in AHN-SPEC terms
+    shape: str         # checkpoint shape in docs/AHN-SPEC.md terms
     transpose_heads: bool = False  # o_proj: (H, d_in, d_out) stored as (H, d_out, d_in)
 
 
@@ -127,14 +127,14 @@ AHN_TENSORS = {
     ),
 }
 
-# present in released checkpoints, unused by the math (AHN-SPEC): accepted, not converted
+# present in released checkpoints, unused by the math (docs/AHN-SPEC.md): accepted, not converted
 AHN_UNUSED_TENSORS = {GDN: ("D",), DN: (), MAMBA2: ()}
 
 
 def ahn_param_count(variant: str, n_layer_ahn: int, hidden: int, n_head: int, head_dim: int) -> int:
-    """AHN parameters of a model (all AHN layers), per AHN-SPEC's tensor table, unused D included.
+    """AHN parameters of a model (all AHN layers), per docs/AHN-SPEC.md's tensor table, unused D included.
 
-    The published sizes (AHN-SPEC, "Checkpoints") are reproduced by this formula; the
+    The published sizes (docs/AHN-SPEC.md, "Checkpoints") are reproduced by this formula; the
     converter logs it and checks it against the tensors it writes.
     """
     variant = canonical_variant(variant)
@@ -149,7 +149,7 @@ def ahn_param_count(variant: str, n_layer_ahn: int, hidden: int, n_head: int, he
     return n_layer_ahn * per
 
 
-# --- published sizes (AHN-SPEC, "Checkpoints") ---------------------------------------------------
+# --- published sizes (docs/AHN-SPEC.md, "Checkpoints") ---------------------------------------------------
 
 # (layers, hidden D, heads H, head dim d) of the bases of the released AHN checkpoints
 PUBLISHED_BASE_SHAPES = {

@@ -222,7 +222,7 @@ class AHNPayload:
                     dropped.append(prefix + name)
                 count += H  # H values per layer (GDN's D), counted as the published sizes count them
         if dropped:
-            log.info("not written (unused by the AHN math, AHN-SPEC): %s", _names(dropped))
+            log.info("not written (unused by the AHN math, docs/AHN-SPEC.md): %s", _names(dropped))
 
         layers = [0 if i in cfg.fa_layer_ids else 1 for i in range(cfg.num_hidden_layers)]
         source = source or str(ahn_dir)

@@ -95,7 +95,7 @@ def _l2norm(variant: str, x: np.ndarray) -> np.ndarray:
 
 
 def numpy_scan(variant, q, k, v, g, b, write_mask, state):
-    """AHN-SPEC's recurrence for one sequence in float64, M in SPEC orientation M[key][value].
+    """docs/AHN-SPEC.md's recurrence for one sequence in float64, M in SPEC orientation M[key][value].
 
     q, k, v: (T, H, d), k/v already repeat-interleaved to H heads, not normalised;
     g, b: (T, H) log-decay (0 for DN) and beta / dt; write_mask (T,); state (H, d, d).

@@ -117,7 +117,7 @@ def test_formulas_reproduce_the_paper():
     hits = [c for c in cands if c["matches_paper"]]
     assert [(c["L"], c["window"], c["weights_counted"]) for c in hits] == [(128_000, "S+W", "layers + head + embedding")]
     s = formulas.QWEN25["Qwen2.5-3B"]
-    # the formulas themselves (AHN-SPEC), per layer
+    # the formulas themselves (docs/AHN-SPEC.md), per layer
     assert formulas.mixing_flops_full(s, 10) == s.n_layer * 2 * 128 * 16 * 100
     assert formulas.cache_elements_ahn(s, 100) == s.n_layer * (2 * 100 * 128 * 2 + 128 * 128 * 16)
     assert formulas.mixing_flops_ahn(s, 50, 100) == formulas.mixing_flops_full(s, 50)

@@ -381,7 +381,7 @@ def test_param_count_formula_matches_fixture(fixtures_root, family, variant):
 @pytest.mark.parametrize("base", sorted(PUBLISHED_BASE_SHAPES))
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_param_count_formula_matches_published(base, variant):
-    """AHN-SPEC: GDN 13.0M / 21.3M / 61.0M; DN 11.8M / 18.5M / 51.1M; Mamba2 11.9M / 18.6M / 51.4M."""
+    """docs/AHN-SPEC.md: GDN 13.0M / 21.3M / 61.0M; DN 11.8M / 18.5M / 51.1M; Mamba2 11.9M / 18.6M / 51.4M."""
     layers, D, H, d = PUBLISHED_BASE_SHAPES[base]
     assert round(ahn_param_count(variant, layers, D, H, d) / 1e6, 1) == PUBLISHED_AHN_PARAMS[base, variant]
 

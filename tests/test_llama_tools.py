@@ -198,6 +198,40 @@ def test_server_four_slots(tools, tiny, record_property):
         srv.close()
 
 
+def test_server_slots_share_a_tight_window_cache_across_ubatches(tools, tiny, record_property):
+    """4 slots whose prompts arrive together, the default n_batch 2048 over ubatches of 512, and a window
+    cache with no slack (4 x (S + W) + 512 = 1,792 cells, a multiple of 256: no padding): each batch holds
+    several slots' prompts, split into several ubatches. The cache's trial placement of a batch
+    purged cells that an earlier ubatch still reads (llama-server aborted: "the K/V of position ...
+    left the cache before it was evicted"; patches/llama.cpp/0002 keeps them). The greedy tokens are
+    each prompt's alone."""
+    span = 320                  # S + W
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(3, 259, size=8 * span + 17 * i).tolist() for i in range(4)]   # >= 8 (S + W)
+    srv = _Server(tools["llama-server"], tiny, "-np", 4, "-c", 4 * 2700, "-kvu", "-lv", 4,
+                  "--override-kv", f"llamaahn.ahn.window=int:{span - SINKS}", "--cache-ram", 0)
+    try:
+        alone = [srv.completion(p, n_predict=8)["tokens"] for p in prompts]
+        together = [None] * 4
+
+        def go(i):
+            together[i] = srv.completion(prompts[i], n_predict=8)["tokens"]
+
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert srv.proc.poll() is None, "llama-server died"
+        assert together == alone, "concurrent slots changed the greedy tokens"
+    finally:
+        srv.close()
+        out = srv.proc.stdout.read()
+    m = re.search(r"AHN window = (\d+), sinks = (\d+) -> (\d+) window-cache cells", out)
+    assert m and int(m.group(3)) == 4 * span + 512 == 1792, out[-2000:]
+    record_property("tight_cache_cells", int(m.group(3)))
+
+
 def _kld(output: str) -> tuple[float, float]:
     mean = re.search(r"Mean\s+KLD:\s+([-0-9.e]+)", output)
     same = re.search(r"Same top p:\s+([0-9.]+)", output)

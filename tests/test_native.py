@@ -2,7 +2,7 @@
 
 The reference is the project's per-token loop, ahn_gguf.reference.recurrence.naive_scan
 (float32 torch), fed K/V rows gathered by idx and repeat-interleaved to query heads;
-tests/native_cases.numpy_scan (float64, written from AHN-SPEC) stands in if that module
+tests/native_cases.numpy_scan (float64, written from docs/AHN-SPEC.md) stands in if that module
 is missing, and the two are checked against each other.
 
 Tolerances, all as max |x - ref| / max |ref| over the whole output or state tensor
@@ -130,7 +130,7 @@ def test_reference_matches_naive_scan():
 
 
 def test_numpy_reference_is_the_spec():
-    """numpy_scan on a 1-head, d = 2 example worked by hand from AHN-SPEC (GDN)."""
+    """numpy_scan on a 1-head, d = 2 example worked by hand from docs/AHN-SPEC.md (GDN)."""
     k = np.array([[[3.0, 4.0]]])
     v = np.array([[[1.0, 2.0]]])
     q = np.array([[[0.0, 1.0]]])

@@ -146,7 +146,7 @@ def test_memory_changes_logits_only_after_the_lossless_span(fixtures_root, famil
 
 
 def _spec_ahn_layer_float64(fn, variant, u, q, k, v, W, S, n_rep, eps=1e-5):
-    """The AHN contribution of one layer, from AHN-SPEC's text, in numpy float64.
+    """The AHN contribution of one layer, from docs/AHN-SPEC.md's text, in numpy float64.
 
     Query t reads the state after token t - W has been written; token j >= S is written
     at query j + W; gates from u of the written token, output gate from u of the reader.

@@ -37,7 +37,7 @@ def random_inputs(variant, T, H=3, d=16, B=None, seed=0, mask_p=0.0, state=False
 
 
 def spec_loop_float64(variant, q, k, v, g, b, mask, state):
-    """AHN-SPEC written out again, independently: numpy float64, unbatched [T, H, d].
+    """docs/AHN-SPEC.md written out again, independently: numpy float64, unbatched [T, H, d].
 
     GDN/DN keep M (key x value); Mamba2 keeps Hs (value x key) as the spec writes it.
     """

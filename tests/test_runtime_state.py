@@ -193,7 +193,7 @@ def test_memory_bytes_equal_formula_and_stay_flat(family, fixtures_root, gguf_di
 
 
 def test_build_avoids_amx_and_decodes(fixtures_root, gguf_dir):
-    """The CI build names its SIMD levels (no -march=native, no AMX: DESIGN.md's crash), and decodes."""
+    """The CI build names its SIMD levels (no -march=native, no AMX: docs/DESIGN.md's crash), and decodes."""
     llama_cpp = patched_llama_cpp()
     info = llama_cpp.llama_print_system_info().decode()
     assert "AMX_INT8 = 1" not in info, info

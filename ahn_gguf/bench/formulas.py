@@ -1,6 +1,6 @@
 """`ahn-gguf bench formulas`: the paper's FLOP and cache formulas, next to what the runtime allocates.
 
-AHN-SPEC "Cost formulas" (paper, Table 1), per layer, L tokens, window W, hidden D, head dim d,
+docs/AHN-SPEC.md "Cost formulas" (paper, Table 1), per layer, L tokens, window W, hidden D, head dim d,
 H query heads, H_kv KV heads:
 
     mixing FLOPs   full 2 d H L^2          AHN 2 d H W^2 + 2 (L - W)(2 W d H + 2 d^2 H + 3 D H)
@@ -43,7 +43,7 @@ PAPER_SINKS, PAPER_WINDOW = 128, 32640
 PAPER_L = 128_000          # "128k" as the paper's figures count it (see the module docstring)
 RUNTIME_N_CTX = 131_072
 
-# the paper's Qwen2.5-3B figures (DESIGN.md "Reference numbers")
+# the paper's Qwen2.5-3B figures (docs/DESIGN.md "Reference numbers")
 PAPER_3B = {"cache_full_gb": 9.44, "cache_ahn_gb": 2.45, "cache_reduction": 0.740,
             "flops_full": 3.29e15, "flops_ahn": 1.95e15, "flops_reduction": 0.405}
 
@@ -350,7 +350,7 @@ def markdown(result: dict) -> str:
         "# Cost formulas: the paper's figures, the formulas, the runtime",
         "",
         f"Setting of the paper's long-context evaluation: S = {s['sinks']} sinks, W = {s['window']} window, "
-        f"128k context. Formulas: AHN-SPEC \"Cost formulas\" (paper Table 1). `ahn-gguf bench formulas`, "
+        f"128k context. Formulas: docs/AHN-SPEC.md \"Cost formulas\" (paper Table 1). `ahn-gguf bench formulas`, "
         f"{result['seconds']:.0f} s.",
         "",
         "## Which reading reproduces the paper's Qwen2.5-3B figures",

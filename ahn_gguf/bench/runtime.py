@@ -392,7 +392,7 @@ def checkpoints_for(window: int, multiples: list[float]) -> list[int]:
 
 def _ahn_formula_bytes(L: int, S: int, W: int, rec: dict) -> dict:
     """Live AHN memory by formula: tokens in the sinks and the window x (K/V + gates) per cell +
-    one F32 d x d state per head and layer (AHN-SPEC "Cost formulas", with the runtime's per-cell sizes)."""
+    one F32 d x d state per head and layer (docs/AHN-SPEC.md "Cost formulas", with the runtime's per-cell sizes)."""
     m = rec["ahn_memory"]
     cells = min(L, S) + min(max(L - S, 0), W)
     with_gates = cells * (m["kv_bytes_per_cell"] + m["gate_bytes_per_cell"]) + m["state_bytes_per_seq"]

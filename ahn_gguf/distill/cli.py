@@ -12,7 +12,7 @@ from .trainer import DEFAULT_SINKS, DEFAULT_SPANS
 
 DESCRIPTION = """\
 Self-distil an AHN (artificial hippocampus network) into a base model that has none
-(AHN-SPEC, "Training"). Teacher: the frozen base with full attention. Student: the same weights
+(docs/AHN-SPEC.md, "Training"). Teacher: the frozen base with full attention. Student: the same weights
 with sinks + sliding window + AHN; only the AHN parameters train. Loss: KL(teacher || student)
 over the positions beyond the lossless span S + W, which is drawn at random every step.
 

@@ -6,12 +6,12 @@ Its window still covers every earlier token and its memory is empty (nothing has
 yet), so in every layer its hidden state, u, q, k, v at those positions are exactly the
 teacher's. The teacher pass therefore hands over, per layer, u / k / v of the first P = S + W
 positions (the *prefix*), and the student runs only the *suffix* P .. L-1, which is also
-exactly where the loss is taken (positions >= S + W, AHN-SPEC "Training"). Per layer the student:
+exactly where the loss is taken (positions >= S + W, docs/AHN-SPEC.md "Training"). Per layer the student:
 
 - attends from suffix queries to prefix + suffix keys with the sink + window mask;
 - writes tokens S .. L-W-1 (prefix rows for j < P, its own rows after) into the AHN memory with
   the reference's chunked scan, and reads them with the suffix queries, which are exactly the
-  readers S+W .. L-1 (AHN-SPEC "Which token goes where");
+  readers S+W .. L-1 (docs/AHN-SPEC.md "Which token goes where");
 - adds the AHN readout to the attention output before o_proj.
 
 This computes the same function as `ReferenceModel.forward(mode="ahn")` at positions >= P

@@ -1,4 +1,4 @@
-"""Self-distillation of an AHN (AHN-SPEC, "Training"): the run, its schedule, checkpoints and log.
+"""Self-distillation of an AHN (docs/AHN-SPEC.md, "Training"): the run, its schedule, checkpoints and log.
 
 Per step: a batch of packed training sequences (ahn_gguf.data), a random lossless span S + W and
 sink count S drawn as in the paper (span uniform from `spans` kept within (L/8, L); S uniform from
@@ -89,7 +89,7 @@ class DistillConfig:
 
 
 def allowed_spans(spans, seq_len: int) -> tuple[int, ...]:
-    """Spans kept within (L/8, L) (AHN-SPEC); at least one must remain."""
+    """Spans kept within (L/8, L) (docs/AHN-SPEC.md); at least one must remain."""
     kept = tuple(s for s in spans if seq_len / 8 < s < seq_len)
     if not kept:
         raise ValueError(f"no span in {list(spans)} lies within (L/8, L) = ({seq_len / 8:g}, {seq_len}): "

@@ -1,4 +1,4 @@
-"""PyTorch reference of AHN (AHN-SPEC): the oracle every other part of ahn-gguf is tested against.
+"""PyTorch reference of AHN (docs/AHN-SPEC.md): the oracle every other part of ahn-gguf is tested against.
 
 - `recurrence`: the memory scan, per-token (`naive_scan`) and chunked (`chunked_scan`).
 - `functional`: L2 norms, read scale, write gates, readout (output path), native gate rows.

@@ -1,4 +1,4 @@
-"""AHN-SPEC's per-token formulas, in one place: L2 norms, read scale, write gates, readout.
+"""docs/AHN-SPEC.md's per-token formulas, in one place: L2 norms, read scale, write gates, readout.
 
 Everything here is computed in float32 whatever the model dtype: the recurrent state and
 the log-decays are F32 in the spec, and the reference is the oracle, not a fast path.
@@ -54,7 +54,7 @@ def write_gates(variant: str, fn: torch.nn.Module, u: torch.Tensor) -> tuple[tor
         beta = torch.sigmoid(F.linear(u, fn.b_proj.weight.float()))
         return torch.zeros_like(beta), beta
     if variant == MAMBA2:
-        # dt_proj has its own bias, and dt_bias comes on top (AHN-SPEC)
+        # dt_proj has its own bias, and dt_bias comes on top (docs/AHN-SPEC.md)
         dt = F.softplus(F.linear(u, fn.dt_proj.weight.float(), fn.dt_proj.bias.float()) + fn.dt_bias.float())
         return dt * -fn.A_log.float().exp(), dt
     raise ValueError(f"unknown AHN variant {variant!r}")

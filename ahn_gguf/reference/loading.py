@@ -152,7 +152,7 @@ def attach_ahn(model: ReferenceModel, variant: str, *, window: int, sinks: int =
                o_proj_std: float = 0.0, seed: int | None = None) -> ReferenceModel:
     """Give `model` fresh AHN parameters (for distillation), replacing any it had. In place.
 
-    o_proj starts at zero (AHN-SPEC: the untrained AHN is exactly "sinks + window"), or
+    o_proj starts at zero (docs/AHN-SPEC.md: the untrained AHN is exactly "sinks + window"), or
     normal(0, o_proj_std) if o_proj_std > 0.
     """
     cfg = model.config

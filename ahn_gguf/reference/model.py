@@ -6,7 +6,7 @@ Module and parameter names mirror Hugging Face checkpoints (`model.layers.{i}.se
 Attention modes, on the same weights:
 - "full":   causal attention over every earlier token (the teacher);
 - "window": query t sees keys j <= t with j < S or t - j < W (sinks + window);
-- "ahn":    "window" plus the AHN readout of the tokens that left the window (AHN-SPEC).
+- "ahn":    "window" plus the AHN readout of the tokens that left the window (docs/AHN-SPEC.md).
 Layers in `fa_layer_ids` always use full attention and have no AHN.
 
 Two ways to run: `model(input_ids, mode=...)` over whole sequences (autograd, batch B >= 1),
@@ -128,7 +128,7 @@ def ahn_tensor_shapes(variant: str, n_head: int, hidden: int, head_dim: int) -> 
     for t in AHN_TENSORS[variant]:
         shapes[t.hf] = tuple(dims[s.strip()] for s in t.shape.strip("()").split(","))
     for name in AHN_UNUSED_TENSORS[variant]:
-        shapes[name] = (n_head,)  # GDN's D: one per head (AHN-SPEC table)
+        shapes[name] = (n_head,)  # GDN's D: one per head (docs/AHN-SPEC.md table)
     return shapes
 
 
@@ -161,7 +161,7 @@ class AHN(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, o_proj_std: float = 0.0, generator: torch.Generator | None = None):
-        """Fresh AHN as for distillation (fla / mamba initialisations; AHN-SPEC: o_proj zero).
+        """Fresh AHN as for distillation (fla / mamba initialisations; docs/AHN-SPEC.md: o_proj zero).
 
         Projections U(+-1/sqrt(D)) (nn.Linear's default), their biases 0; A = exp(A_log) ~ U(1, 16);
         dt_bias = softplus^-1(dt), dt log-uniform in [1e-3, 1e-1]; norm weights 1; o_proj
@@ -198,7 +198,7 @@ class AHN(nn.Module):
         """AHN contribution [B, L, H*d] over a whole sequence (None when no query reads memory).
 
         Tokens S .. L-W-1 are written in order; queries S+W .. L-1 read, one-to-one
-        (AHN-SPEC, "Which token goes where"); earlier queries read an empty memory: zero.
+        (docs/AHN-SPEC.md, "Which token goes where"); earlier queries read an empty memory: zero.
         """
         L = u.shape[1]
         if L - window - sinks <= 0:
@@ -219,7 +219,7 @@ class LayerCache:
     Full-attention layers (and mode "full") keep every token in `k`/`v`. Otherwise `k`/`v`
     hold the window: the non-sink tokens at positions [max(S, pos - W), pos), all after
     RoPE; `g`/`b` their write gates, computed from u_j when token j entered; `state` the
-    memory M [B, H, d, d] (float32, AHN-SPEC orientation), None while empty.
+    memory M [B, H, d, d] (float32, docs/AHN-SPEC.md orientation), None while empty.
     """
 
     def __init__(self):

@@ -1,4 +1,4 @@
-"""The AHN memory recurrence (AHN-SPEC), as a plain per-token loop and in chunked form.
+"""The AHN memory recurrence (docs/AHN-SPEC.md), as a plain per-token loop and in chunked form.
 
 Conventions shared by every function here:
 
@@ -9,7 +9,7 @@ Conventions shared by every function here:
 - write_mask: [T] or [B, T] bool, None = all True. Step t writes row t (k[t], v[t], g[t],
   b[t]) if write_mask[t], then reads with q[t]; a step without a write still reads.
   The caller aligns rows: row t of k/v/g/b is the token EVICTED at step t, q[t] the query.
-- state: [(B,) H, d, d_v] = M in AHN-SPEC orientation (row = key dim, column = value dim),
+- state: [(B,) H, d, d_v] = M in docs/AHN-SPEC.md orientation (row = key dim, column = value dim),
   float32; None = zeros. (native/ahn_memory.h stores the transpose.)
 - returns (o, final_state): o [(B,) T, H, d_v] float32, before the output norm.
 """
@@ -55,7 +55,7 @@ def _prepare(variant, q, k, v, g, b, write_mask, state):
 
 
 def naive_scan(variant, q, k, v, g, b, write_mask=None, state=None):
-    """The obvious per-token loop: AHN-SPEC's update and read, one step at a time (the truth)."""
+    """The obvious per-token loop: docs/AHN-SPEC.md's update and read, one step at a time (the truth)."""
     qn, kn, v, g, b, write_mask, M, batched = _prepare(variant, q, k, v, g, b, write_mask, state)
     outs = []
     for t in range(qn.shape[1]):
