@@ -343,6 +343,9 @@ def test_bench_serve_quick(tools, tmp_path, record_property):
     for (mode, n), p in points.items():
         assert p["prompt_tokens"] == n * 2 * W and p["generated_tokens"] == n * G
         assert p["prefill_tok_s"] > 0 and p["decode_tok_s"] > 0 and p["kv_bytes"] > 0
+        # the decode phase finds the prompts in their slots: a stock slot re-evaluates ~1 token, an AHN slot what
+        # follows its last context checkpoint (at most the prompt)
+        assert p["reevaluated_tokens"] <= (2 * n if mode == "stock" else n * 2 * W), p
         if mode == "ahn":
             # the window cache: N x (S + W) + one ubatch, padded to 256 cells; one recurrent state per slot
             assert p["window_cells"] == -(-(n * (S + W) + 512) // 256) * 256

@@ -6,13 +6,15 @@ each context length L (default 8 x W and 16 x W), one llama-server process is st
 slots, each slot sized for L + the generated tokens (`-c N x (L + G)`, one unified K/V buffer,
 `-kvu`, as `ahn-gguf serve --engine llama-server` runs it). N clients then send N different
 prompts of exactly L tokens (held-out-independent text: the Python documentation, tokenized by
-the server itself) at the same moment, each asking for G greedy tokens, `cache_prompt` off.
+the server itself) at the same moment: first for one token each (the prefill phase), then the same
+prompts again for G greedy tokens each (the decode phase; the slots find their prompts cached).
 
 Measured, per run:
-- aggregate prefill tokens/s: the prompts' tokens / the time until every conversation has its
-  first token (the server batches all slots' prompts together);
-- aggregate decode tokens/s: the tokens streamed while every conversation was decoding (from the
-  last first token to the first last token) / that span, on the client's clock;
+- aggregate prefill tokens/s: the prompts' tokens / the time until the last of the N answers of
+  the prefill phase (the server batches all slots' prompts together);
+- aggregate decode tokens/s: the tokens streamed in the decode phase while every conversation was
+  decoding (from the last first token to the first last token) / that span, on the client's clock;
+- the tokens the decode phase re-evaluated (an AHN slot rolls back to its last context checkpoint);
 - K/V + state bytes: what the server allocated, read from its log (llama_kv_cache's buffer, gates
   included for an AHN, + llama_memory_recurrent's state buffer), and per conversation (/ N);
 - how many such conversations fit in 1 GiB of that memory;
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -172,20 +175,15 @@ def prompt_tokens(server: Server, n: int, length: int, text_source: str | None) 
     return [tokens[i * length:(i + 1) * length] for i in range(n)]
 
 
-def run_point(server: Server, prompts: list[list[int]], gen_tokens: int) -> dict:
-    """All prompts at once (one streaming client thread each), every token's arrival time recorded.
-
-    prefill: all prompt tokens / the time until every conversation has its first token (the prompts
-    share the server's batches, so this is when the last prefill ends); decode: the tokens that
-    arrived while every conversation was decoding (from the last first token to the first last
-    token) / that span. Measured on the client's clock, so that a slot decoding beside another's
-    prefill does not count as decode."""
+def _concurrent(server: Server, prompts: list[list[int]], n_predict: int) -> tuple[float, list[tuple[list[float], dict]]]:
+    """All prompts at once (one streaming client thread each, `cache_prompt` on): the time from the start to
+    the last response, and per request every token's arrival time and the final message."""
     import httpx
 
     results: list[Any] = [None] * len(prompts)
 
     def client(i: int) -> None:
-        body = {"prompt": prompts[i], "n_predict": gen_tokens, "temperature": 0.0, "cache_prompt": False,
+        body = {"prompt": prompts[i], "n_predict": n_predict, "temperature": 0.0, "cache_prompt": True,
                 "ignore_eos": True, "stream": True}
         stamps, final = [], None
         try:
@@ -216,33 +214,40 @@ def run_point(server: Server, prompts: list[list[int]], gen_tokens: int) -> dict
     errors = [r for r in results if isinstance(r, Exception)]
     if errors:
         raise errors[0]
-    stamps = [r[0] for r in results]
-    timings = [r[1]["timings"] for r in results]
-    if any(len(st) < 2 for st in stamps):
-        raise BenchServeError("a conversation streamed fewer than 2 tokens: raise --gen-tokens")
+    return wall, results
+
+
+def run_point(server: Server, prompts: list[list[int]], gen_tokens: int) -> dict:
+    """Two phases, so that neither is measured while the other runs.
+
+    prefill: all N prompts at once, one token each: all prompt tokens / the time until the last answer.
+    decode: the same N prompts again, `gen_tokens` each. The server finds each prompt in its slot (a stock
+    slot keeps the whole prefix; an AHN slot rolls back to its last context checkpoint and evaluates the
+    few hundred tokens after it), so every conversation decodes at about the same time: the tokens that
+    arrived while all N were decoding (from the last first token to the first last token) / that span."""
+    wall, first = _concurrent(server, prompts, 1)
+    timings = [f["timings"] for _, f in first]
     prompt_n = sum(t["prompt_n"] for t in timings)
-    predicted_n = sum(t["predicted_n"] for t in timings)
     if prompt_n < sum(map(len, prompts)) - len(prompts):
         raise BenchServeError(f"the server evaluated {prompt_n} prompt tokens of {sum(map(len, prompts))}: "
                               "a prompt was truncated or cached")
-    all_prefilled = max(st[0] for st in stamps)
+    _, second = _concurrent(server, prompts, gen_tokens)
+    stamps = [st for st, _ in second]
+    if any(len(st) < 2 for st in stamps):
+        raise BenchServeError("a conversation streamed fewer than 2 tokens: raise --gen-tokens")
+    all_decoding = max(st[0] for st in stamps)
     first_done = min(st[-1] for st in stamps)
-    if first_done > all_prefilled:
-        # tokens strictly after the span's start: each one's time is a whole decode step inside it
-        in_span = sum(sum(1 for x in st if all_prefilled < x <= first_done) for st in stamps)
-        decode = in_span / (first_done - all_prefilled)
-        overlap = True
-    else:
-        # one conversation finished before another's prefill did: the server's own decode timings
-        decode = predicted_n / (max(t["predicted_ms"] for t in timings) / 1e3)
-        overlap = False
+    if first_done <= all_decoding:
+        raise BenchServeError("one conversation finished before another started decoding: raise --gen-tokens")
+    in_span = sum(sum(1 for x in st if all_decoding < x <= first_done) for st in stamps)
+    t2 = [f["timings"] for _, f in second]
     return {
-        "wall_s": wall,
+        "prefill_wall_s": wall,
         "prompt_tokens": prompt_n,
-        "generated_tokens": predicted_n,
-        "prefill_tok_s": prompt_n / (all_prefilled - t0),
-        "decode_tok_s": decode,
-        "decode_all_concurrent": overlap,
+        "generated_tokens": sum(t["predicted_n"] for t in t2),
+        "reevaluated_tokens": sum(t["prompt_n"] for t in t2),
+        "prefill_tok_s": prompt_n / wall,
+        "decode_tok_s": in_span / (first_done - all_decoding),
     }
 
 
@@ -255,21 +260,23 @@ def run(args: argparse.Namespace) -> dict:
     info = check_gguf_file(ahn_model)
     if info.ahn_window is None:
         raise BenchServeError(f"{ahn_model} has no AHN")
-    W, S = info.ahn_window, info.ahn_sinks
+    W, S = args.window or info.ahn_window, info.ahn_sinks
     multiples = [int(x) for x in str(args.multiples).split(",")]
     convs = [int(x) for x in str(args.conversations).split(",")]
     G = args.gen_tokens
     result: dict = {"stock_model": os.path.basename(stock_model), "ahn_model": os.path.basename(ahn_model),
                     "window": W, "sinks": S, "gen_tokens": G, "threads": args.threads, "multiples": multiples,
-                    "conversations": convs, "llama_server": str(binary), "points": []}
+                    "conversations": convs, "llama_server": str(binary), "server_args": args.server_args,
+                    "window_overridden": bool(args.window), "points": []}
     prompts_cache: dict[tuple[int, int], list[list[int]]] = {}
     with tempfile.TemporaryDirectory(prefix="ahn-bench-serve-") as tmp:
         for k in multiples:
             L = k * W
             for n in convs:
                 for mode, model in ((STOCK, stock_model), (AHN, ahn_model)):
-                    srv = Server(binary, model, n, L + G + 8, args.threads, Path(tmp) / f"{mode}-{n}-{L}.log",
-                                 extra=[])
+                    extra = (["--override-kv", f"{info.arch}.ahn.window=int:{W}"] if mode == AHN and args.window else []) + \
+                        shlex.split(args.server_args)
+                    srv = Server(binary, model, n, L + G + 8, args.threads, Path(tmp) / f"{mode}-{n}-{L}.log", extra=extra)
                     try:
                         srv.wait_ready()
                         if (n, L) not in prompts_cache:
@@ -327,19 +334,21 @@ def markdown(result: dict) -> str:
         "",
         f"`ahn-gguf bench serve`: {result['stock_model']} (stock) vs {result['ahn_model']} (S = {S}, W = {W}), "
         f"llama.cpp's llama-server with N slots (`-kvu`, `-c N x (L + {result['gen_tokens']})`), N clients at once, "
-        f"each a different prompt of exactly L tokens and {result['gen_tokens']} greedy tokens, "
-        f"`cache_prompt` off, {result['threads']} threads. One server process per row.",
-        "Prefill: all prompt tokens / the time until every conversation had its first token. Decode: the tokens "
-        "streamed while all N conversations were decoding / that span (client clock). K/V + state: what the server allocated (its log: the K/V buffer, "
+        f"each a different prompt of exactly L tokens, first for 1 token (prefill phase), then again for "
+        f"{result['gen_tokens']} greedy tokens (decode phase, the prompts found in the slots), {result['threads']} threads. "
+        "One server process per row.",
+        "Prefill: all prompt tokens / the time until the last prefill-phase answer. Decode: the tokens streamed "
+        "while all N conversations were decoding / that span (client clock); re-evaluated: the prompt tokens the "
+        "decode phase evaluated again (an AHN slot rolls back to its last context checkpoint). K/V + state: what the server allocated (its log: the K/V buffer, "
         "gates included, + the recurrent state buffer) per conversation; per GiB: how many such conversations "
         "1 GiB of it holds. RSS: the server's peak resident memory (model weights included).",
         "",
-        "| mode | N | L | prefill tok/s | decode tok/s | K/V + state per conv (MiB) | convs per GiB | peak RSS (MiB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| mode | N | L | prefill tok/s | decode tok/s | re-evaluated | K/V + state per conv (MiB) | convs per GiB | peak RSS (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for p in result["points"]:
         lines.append(f"| {p['mode']} | {p['conversations']} | {p['context']} ({p['multiple']}W) | {p['prefill_tok_s']:.1f} | "
-                     f"{p['decode_tok_s']:.1f} | {p['memory_per_conversation'] / 2**20:.2f} | {p['conversations_per_gib']} | "
+                     f"{p['decode_tok_s']:.1f} | {p['reevaluated_tokens']} | {p['memory_per_conversation'] / 2**20:.2f} | {p['conversations_per_gib']} | "
                      f"{(p['rss_bytes'] or 0) / 2**20:.0f} |")
     lines += ["", "## AHN / stock, same N and L, same run", "",
               "| N | L | prefill | decode | convs per GiB | memory per conv | peak RSS |",
@@ -393,10 +402,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--multiples", default="8,16", help="context lengths L as multiples of the AHN's window W (default 8,16)")
     p.add_argument("--gen-tokens", type=int, default=32, help="greedy tokens generated per conversation (default 32)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="llama-server -t / -tb (default: all CPUs)")
+    p.add_argument("--window", type=int, default=None,
+                   help="the AHN's window W for this run (--override-kv; default: the GGUF's); L is a multiple of it")
+    p.add_argument("--server-args", default="--poll 0", metavar="ARGS",
+                   help="more llama-server options, as one string (default \"--poll 0\": compute threads sleep instead of "
+                        "spinning between steps, so that the server's HTTP thread and the clients get the CPU)")
     p.add_argument("--text", default=None, help="text of the prompts: a folder of text files (default: the Python 3.11 docs)")
     p.add_argument("--llama-server", default=None, help="the llama-server binary (default: this environment's, from "
                    "`ahn-gguf build --tools`)")
-    p.add_argument("--quick", action="store_true", help="N = 1,2 at 2 x W, 4 tokens: validates the pipeline in a minute")
+    p.add_argument("--quick", action="store_true", help="N = 1,2 at 2 x W, 8 tokens: validates the pipeline in a minute")
     p.add_argument("--out", default="reports", help="folder of the report (default reports/)")
     p.add_argument("--name", default=None, help="file stem (default bench-serve, bench-serve-quick with --quick)")
 
@@ -407,7 +421,7 @@ def default_args(**overrides: Any) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     if args.quick:
-        args.conversations, args.multiples, args.gen_tokens = "1,2", "2", 4
+        args.conversations, args.multiples, args.gen_tokens = "1,2", "2", 8
     try:
         result = run(args)
     except BenchServeError as e:
