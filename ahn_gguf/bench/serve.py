@@ -342,6 +342,9 @@ def markdown(result: dict) -> str:
         "decode phase evaluated again (an AHN slot rolls back to its last context checkpoint). K/V + state: what the server allocated (its log: the K/V buffer, "
         "gates included, + the recurrent state buffer) per conversation; per GiB: how many such conversations "
         "1 GiB of it holds. RSS: the server's peak resident memory (model weights included).",
+        f"llama-server options added: `{result.get('server_args', '')}`."
+        + (f" The AHN's window was set to W = {W} for this run (`--override-kv`; the GGUF's own differs): speed and "
+           "memory depend on W, not on what the AHN was trained for." if result.get("window_overridden") else ""),
         "",
         "| mode | N | L | prefill tok/s | decode tok/s | re-evaluated | K/V + state per conv (MiB) | convs per GiB | peak RSS (MiB) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
