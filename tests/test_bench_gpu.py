@@ -41,7 +41,7 @@ def test_pack_is_complete_small_and_configures(tmp_path):
         tf.extractall(tmp_path / "src", filter="data")
     # the patched tree with native/ in both backends, and without the models and docs
     for need in ("llama.cpp/src/models/ahn-base.cpp", "llama.cpp/ggml/src/ggml-cpu/ahn/ahn_memory.c",
-                 "llama.cpp/ggml/src/ggml-cuda/ahn/ahn_memory_cuda.cuh", "llama.cpp/ggml/src/ggml-cuda/ahn/ahn_memory.h",
+                 "llama.cpp/ggml/src/ggml-cuda/ahn/cuda/ahn_memory_cuda.cuh", "llama.cpp/ggml/src/ggml-cuda/ahn/ahn_memory.h",
                  "llama.cpp/tests/test-backend-ops.cpp", "llama.cpp/tools/server/server.cpp"):
         assert need in names, need
     assert not any(n.startswith(("llama.cpp/models/", "llama.cpp/docs/")) for n in names)

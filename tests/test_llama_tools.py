@@ -347,8 +347,10 @@ def test_bench_serve_quick(tools, tmp_path, record_property):
         # follows its last context checkpoint (at most the prompt)
         assert p["reevaluated_tokens"] <= (2 * n if mode == "stock" else n * 2 * W), p
         if mode == "ahn":
-            # the window cache: N x (S + W) + one ubatch, padded to 256 cells; one recurrent state per slot
-            assert p["window_cells"] == -(-(n * (S + W) + 512) // 256) * 256
+            # the window cache: N x (S + W) + one ubatch, padded to 256 cells, and never more than the context
+            # (-c N x (L + G + 8), padded to 256 too); one recurrent state per slot
+            pad = lambda x: -(-x // 256) * 256
+            assert p["window_cells"] == min(pad(n * (S + W) + 512), pad(n * (2 * W + G + 8))), p
             assert p["state_bytes"] > 0
         else:
             assert p["window_cells"] is None and p["state_bytes"] == 0
