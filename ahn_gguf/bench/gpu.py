@@ -32,7 +32,6 @@ shape and short lengths), which is how tests/test_bench_gpu.py checks everything
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -49,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from ahn_gguf.errors import AHNError
+from ahn_gguf.sdist import sha256_file
 
 PACK_SOURCE = "llama.cpp-ahn.tar.xz"
 PACK_MANIFEST = "manifest.json"
@@ -223,14 +223,6 @@ def write_shaped_model(path: Path, shape: Shape, ahn: bool, seed: int = 0, windo
 # --- pack (here) ------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def pack(out_dir: Path) -> dict:
     """The carried inputs of the GPU run (see the module docstring); returns the manifest."""
     from ahn_gguf.build import BuildConfig, build_key, prepare_source
@@ -263,7 +255,7 @@ def pack(out_dir: Path) -> dict:
     for variant, head_dim in FIXTURES:
         build_tiny_ahn_gguf(fixtures / f"tiny-{variant}-{head_dim}.gguf", variant=variant, head_dim=head_dim)
     files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != PACK_MANIFEST)
-    manifest = {"build_key": key, "files": {p.relative_to(out_dir).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+    manifest = {"build_key": key, "files": {p.relative_to(out_dir).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                                             for p in files}}
     total = sum(f["bytes"] for f in manifest["files"].values())
     manifest["total_bytes"] = total
@@ -276,7 +268,7 @@ def check_pack(pack_dir: Path) -> dict:
     manifest = json.loads((pack_dir / PACK_MANIFEST).read_text())
     for rel, meta in manifest["files"].items():
         p = pack_dir / rel
-        if not p.is_file() or _sha256(p) != meta["sha256"]:
+        if not p.is_file() or sha256_file(p) != meta["sha256"]:
             raise BenchGPUError(f"{p}: missing or not the packed file (sha256 differs)")
     return manifest
 
