@@ -41,12 +41,13 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ahn_gguf.bench.formulas import QWEN25, Shape
 from ahn_gguf.errors import AHNError
 from ahn_gguf.sdist import sha256_file
 
@@ -68,24 +69,12 @@ STOCK, WINDOW, AHN = "stock", "window", "ahn"
 MODES = (STOCK, WINDOW, AHN)
 
 
-@dataclass(frozen=True)
-class Shape:
-    name: str
-    n_layer: int
-    D: int
-    H: int
-    H_kv: int
-    d: int
-    ffn: int
-    vocab: int
-    rope_base: float = 1e6
-    rms_eps: float = 1e-6
-
-
-# Qwen2.5-3B (config.json of the released model): tied embeddings, 2 KV heads of 128
-QWEN25_3B = Shape("Qwen2.5-3B", n_layer=36, D=2048, H=16, H_kv=2, d=128, ffn=11008, vocab=151936)
+# the shapes: formulas.Shape (the paper's formulas use the same one); Qwen2.5's RoPE base and RMSNorm eps
+QWEN25_3B = QWEN25["Qwen2.5-3B"]
 # the CPU check: every dimension a multiple of Q4_K's 256-weight block where the block needs it
-TINY = Shape("tiny", n_layer=2, D=256, H=4, H_kv=2, d=64, ffn=512, vocab=1024)
+TINY = Shape(n_layer=2, D=256, H=4, H_kv=2, d=64, ffn=512, vocab=1024, tied=True)
+SHAPE_NAMES = {QWEN25_3B: "Qwen2.5-3B", TINY: "tiny"}
+ROPE_BASE, RMS_EPS = 1e6, 1e-6
 
 
 class BenchGPUError(AHNError, RuntimeError):
@@ -179,15 +168,15 @@ def write_shaped_model(path: Path, shape: Shape, ahn: bool, seed: int = 0, windo
              ["<|endoftext|>", "<|im_end|>"]
     kv = {
         "general.architecture": arch,
-        "general.name": f"{shape.name}-shaped random {'AHN-GDN' if ahn else 'stock'} (ahn-gguf bench gpu)",
+        "general.name": f"{SHAPE_NAMES.get(shape, 'custom')}-shaped random {'AHN-GDN' if ahn else 'stock'} (ahn-gguf bench gpu)",
         f"{arch}.context_length": 131072,
         f"{arch}.embedding_length": shape.D,
         f"{arch}.block_count": shape.n_layer,
         f"{arch}.feed_forward_length": shape.ffn,
         f"{arch}.attention.head_count": shape.H,
         f"{arch}.attention.head_count_kv": shape.H_kv,
-        f"{arch}.attention.layer_norm_rms_epsilon": shape.rms_eps,
-        f"{arch}.rope.freq_base": shape.rope_base,
+        f"{arch}.attention.layer_norm_rms_epsilon": RMS_EPS,
+        f"{arch}.rope.freq_base": ROPE_BASE,
         "tokenizer.ggml.model": "gpt2",
         "tokenizer.ggml.pre": "qwen2",
         "tokenizer.ggml.tokens": tokens,
@@ -439,7 +428,7 @@ def run(args: argparse.Namespace) -> dict:
     t0 = time.time()
     stock = write_shaped_model(work / "stock.gguf", shape, ahn=False)
     ahn = write_shaped_model(work / "ahn.gguf", shape, ahn=True, window=window, sinks=sinks)
-    result["model"] = {"shape": asdict(shape), "window": window, "sinks": sinks, "seconds_to_write": time.time() - t0,
+    result["model"] = {"name": SHAPE_NAMES[shape], "shape": asdict(shape), "window": window, "sinks": sinks, "seconds_to_write": time.time() - t0,
                        "bytes": {"stock": stock.stat().st_size, "ahn": ahn.stat().st_size},
                        "weights": "random (seeded); Q4_K for every matrix, F32 norms, biases and AHN tensors; synthetic vocabulary"}
     result["lengths"], result["gen_tokens"] = lengths, args.gen_tokens
@@ -486,7 +475,7 @@ def markdown(result: dict, plot_name: str | None = None) -> str:
     sh = m["shape"]
     where = "CPU check (no CUDA)" if result["cpu_check"] else f"{result.get('gpu', 'GPU')}"
     lines = [f"# AHN on {'the CPU (pipeline check)' if result['cpu_check'] else 'a GPU'}: stock full attention vs sinks + window vs + AHN", "",
-             f"`ahn-gguf bench gpu`, {result['started']}, {where}. Model: {sh['name']}-shaped "
+             f"`ahn-gguf bench gpu`, {result['started']}, {where}. Model: {m['name']}-shaped "
              f"({sh['n_layer']} layers, hidden {sh['D']}, {sh['H']} heads / {sh['H_kv']} KV heads of {sh['d']}, FFN {sh['ffn']}, "
              f"vocabulary {sh['vocab']}), **{m['weights']}** -- the speed of a model does not depend on its weights' values. "
              f"AHN-GDN in every layer, S = {m['sinks']}, W = {m['window']}. llama-server, one slot, all layers offloaded, "
