@@ -103,3 +103,36 @@ def test_cpu_check_runs_the_whole_pipeline(tools, tmp_path):
     assert len(result["ratios"]) == 4 and len(result["targets"]) == 5
     md = (out / "bench-gpu-cpu-check.md").read_text()
     assert "random (seeded)" in md and "| ahn | 1024 |" in md
+
+
+# llama-perplexity --kl-divergence output: two chunk rows, then the summary (numbers of a real run,
+# the summary's made different from the rows so the test sees which one was read).
+_KLD_ROWS = """kl_divergence: computing over 2 chunks, n_ctx=256, batch_size=64, n_seq=1
+chunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence              Δp RMS            Same top p
+   1      13.2016 ±    0.8311      -0.00049 ±    0.00102       0.00146 ±    0.00012     0.912 ±  0.101 %    98.824 ±  0.658 %
+   2      12.9542 ±    0.5612      -0.00031 ±    0.00071       0.00152 ±    0.00009     0.934 ±  0.072 %    98.431 ±  0.542 %
+"""
+_KLD_SUMMARY = """
+====== KL divergence statistics ======
+Mean    KLD:   0.001500 ±   0.000090
+Maximum KLD:   0.031000
+ 0.1%   KLD:   0.000001
+Minimum KLD:   0.000000
+
+====== Token probability statistics ======
+RMS Δp    :  0.934 ± 0.072 %
+Same top p: 98.400 ± 0.542 %
+"""
+
+
+def test_kld_reads_the_summary_or_the_last_chunk_row_never_an_earlier_one():
+    """llama.cpp's logger is not flushed at exit: a slow machine can lose the summary's last lines
+    (a CI run lost everything after "0.1% KLD"). The last chunk's row carries the same totals."""
+    from ahn_gguf.bench import gpu
+
+    assert gpu._kld(_KLD_ROWS + _KLD_SUMMARY) == (0.0015, 98.4)
+    lost_tail = _KLD_ROWS + _KLD_SUMMARY[:_KLD_SUMMARY.index("Minimum KLD")]
+    assert gpu._kld(lost_tail) == (0.00152, 98.431)
+    only_first_row = _KLD_ROWS[:_KLD_ROWS.index("   2 ")]
+    with pytest.raises(gpu.BenchGPUError, match="last chunk"):
+        gpu._kld(only_first_row)

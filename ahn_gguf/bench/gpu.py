@@ -322,16 +322,32 @@ PARITY_TEXT = ("The memory keeps a window of recent tokens exactly and folds eve
 
 
 def _kld(output: str) -> tuple[float, float]:
+    """Mean KL divergence and same-top-token percentage from llama-perplexity's output.
+
+    The summary at the end is preferred. llama.cpp's logger is a leaked singleton whose queue is not
+    flushed at exit (common/log.cpp, `common_log_main`), so on a slow machine the summary's last
+    lines can be lost (a CI run lost everything after "0.1% KLD"). The per-chunk rows carry the
+    same running totals and are printed while the run goes on: the row of the last chunk is used
+    when the summary is incomplete, and only that row (an earlier one would be a partial figure).
+    """
     import re
 
-    mean = re.search(r"Mean\s+KLD:\s+([-0-9.e]+)", output)
-    same = re.search(r"Same top p:\s+([0-9.]+)", output)
-    if not (mean and same):
-        raise BenchGPUError("no KL divergence in llama-perplexity's output:\n" + output[-2000:])
-    return float(mean.group(1)), float(same.group(1))
+    mean = re.search(r"^Mean\s+KLD:\s+([-0-9.e]+)", output, re.M)
+    same = re.search(r"^Same top p:\s+([0-9.]+)", output, re.M)
+    if mean and same:
+        return float(mean.group(1)), float(same.group(1))
+    chunks = re.search(r"kl_divergence: computing over (\d+) chunks", output)
+    num = r"[-+0-9.eEinfa]+"
+    pm = r"\s*±\s*"
+    row = (re.search(rf"^\s*{chunks.group(1)}\s+{num}{pm}{num}\s+{num}{pm}{num}\s+({num}){pm}{num}\s+{num}{pm}{num}\s*%"
+                     rf"\s+({num}){pm}{num}\s*%\s*$", output, re.M) if chunks else None)
+    if row:
+        return float(row.group(1)), float(row.group(2))
+    raise BenchGPUError("no KL divergence in llama-perplexity's output (neither its summary nor its last chunk's row):\n"
+                        + output[-2000:])
 
 
-def parity(bin_dir: Path, fixtures: list[Path], work: Path, gpu: bool) -> list[dict]:
+def parity(bin_dir: Path, fixtures: list[Path], work: Path, gpu: bool, threads: int) -> list[dict]:
     """Per fixture: KL and top-1 agreement of each other path against the CPU in-place run (its logits saved)."""
     text = work / "parity.txt"
     text.write_text(PARITY_TEXT)
@@ -339,7 +355,7 @@ def parity(bin_dir: Path, fixtures: list[Path], work: Path, gpu: bool) -> list[d
     for fx in fixtures:
         base = work / f"{fx.stem}.kld"
         common = [str(bin_dir / "llama-perplexity"), "-m", str(fx), "-f", str(text), "-c", "256", "-b", "64",
-                  "-t", "4", "-fa", "off", "--kl-divergence-base", str(base)]
+                  "-t", str(threads), "-fa", "off", "--kl-divergence-base", str(base)]
         ref = subprocess.run([*common, "-ngl", "0"], capture_output=True, text=True, timeout=600)
         if ref.returncode != 0:
             raise BenchGPUError(f"{fx.name}: the CPU reference run failed:\n{ref.stderr[-2000:]}")
@@ -421,7 +437,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"test-backend-ops AHN_MEMORY on CUDA0: {result['backend_ops']['passed']}/{result['backend_ops']['total']}", flush=True)
     fixtures = sorted((Path(args.from_pack) / PACK_FIXTURES).glob("*.gguf")) if args.from_pack else \
         [Path(p) for p in (args.fixtures or [])]
-    result["parity"] = parity(bin_dir, fixtures, work, gpu) if fixtures else []
+    result["parity"] = parity(bin_dir, fixtures, work, gpu, args.threads) if fixtures else []
     for row in result["parity"]:
         print(f"parity {row['model']:24s} {row['path']:40s} KLD {row['mean_kld']:.2e}  same top {row['same_top_pct']:.2f}%", flush=True)
 
@@ -567,7 +583,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=None, help=f"window W (default {PAPER_WINDOW}; 128 with --cpu-check)")
     p.add_argument("--sinks", type=int, default=None, help=f"sinks S (default {PAPER_SINKS}; 4 with --cpu-check)")
     p.add_argument("--gen-tokens", type=int, default=32, help="greedy tokens after each prompt (default 32)")
-    p.add_argument("--threads", type=int, default=min(8, os.cpu_count() or 1), help="llama-server CPU threads (default min(8, CPUs))")
+    p.add_argument("--threads", type=int, default=min(8, os.cpu_count() or 1), help="CPU threads of llama-server and llama-perplexity (default min(8, CPUs))")
     p.add_argument("--jobs", type=int, default=0, help="build jobs (default: all CPUs)")
     p.add_argument("--work", default=None, help="scratch folder (default: the system's temp folder)")
     p.add_argument("--out", default="reports", help="folder of the report (default reports/)")
