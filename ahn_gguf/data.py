@@ -1,21 +1,29 @@
-"""Real long-form English text, offline: the Python 3.11 documentation sources, and how they are split.
+"""Real long text, offline: Debian packages' documentation and sources, and how they are split.
 
-Source (default): Debian's `python3.11-doc` package (bookworm, PSF License Version 2), the
-reStructuredText sources of the Python 3.11 documentation that it installs under
-`usr/share/doc/python3.11/html/_sources/**/*.rst.txt` (497 documents, 11 MB, 2.86M SmolLM2
-tokens; 111 documents are longer than 8192 tokens: the library reference, the language
-reference, the HOWTOs, the "What's New" series). The .deb is fetched with
-`apt-get download python3.11-doc` (no root, no install) into the cache, or taken from a local
-path, and unpacked with `dpkg-deb -x` (or, without dpkg, by reading the ar archive directly).
-Why this text: it is real, long, coherent English prose with code, reachable offline through
-the Debian archive by name, licensed for this use, and long enough per document for
-8k-token contexts. It is technical, so perplexities are those of documentation, not of fiction.
+Sources (`SOURCES`, each a Debian bookworm package pinned by version and sha256, fetched with
+`apt-get download` (no root, no install) into the cache and unpacked with `dpkg-deb -x`, or, without
+dpkg, by reading the ar archive directly):
+
+- python3.11-doc (default; training): the reStructuredText sources of the Python 3.11
+  documentation (497 documents, 11 MB, 2.86M SmolLM2 tokens; 111 longer than 8192 tokens: the
+  library and language references, the HOWTOs, the "What's New" series). English prose with code.
+- python3.11-stdlib (training): the .py sources that libpython3.11-stdlib installs (270 modules
+  of the standard library). Code.
+- perl-doc, git-doc (evaluation only): the Perl 5.36 manual pages (.pod) and the Git 2.39
+  documentation (.txt, AsciiDoc). Other projects' manuals, never trained on: `load_mixture(...,
+  training=True)` refuses them, so an evaluation on them measures text of a domain the AHN has not seen.
+
+Why this text: real, long, coherent, reachable offline through the Debian archive by name,
+licensed for this use (each source's license is recorded in its provenance), long enough per
+document for 8k-token contexts.
 
 Split (document level, deterministic, independent of the tokenizer and of the download's
-version): a document is *held out* when it is long (>= HELDOUT_MIN_CHARS characters, about
-8k tokens) and the stable hash of its relative path falls in the first HELDOUT_FRACTION of the
-hash range. Held-out documents are used only by evaluation, never in a training batch. All other
-documents are training documents.
+version): a document of a training source is *held out* when it is long (>= HELDOUT_MIN_CHARS
+characters, about 8k tokens) and the stable hash of its relative path falls in the first
+HELDOUT_FRACTION of the hash range. Held-out documents are used only by evaluation, never in a
+training batch. Every long document of an evaluation-only source is an evaluation document
+(`evaluation_documents`). A mixture of sources is split source by source, so adding a source
+never moves a document of another one across the split.
 
 Packing: each document is tokenized on its own (no BOS: SmolLM2's tokenizer adds none) and cut
 into non-overlapping sequences of L tokens; a tail shorter than L is dropped, and documents
@@ -23,8 +31,8 @@ shorter than L give no sequence. Tokens of two documents are never mixed in one 
 `TrainSequences` yields batches in a seeded, epoch-wise shuffled order; its position (epoch,
 index) is part of a distillation checkpoint, so a resumed run sees the same batches.
 
-Any folder of text files can stand in for the Python docs (`load_text_folder`, `--data DIR`):
-the same split and packing apply (tests use this with tiny synthetic documents).
+Any folder of text files can stand in (`load_text_folder`, `--data DIR`): the same split and
+packing apply (tests use this with tiny synthetic documents).
 """
 
 from __future__ import annotations
@@ -46,19 +54,54 @@ from ahn_gguf.errors import AHNError
 
 from .sdist import cache_dir, sha256_file
 
-DEB_PACKAGE = "python3.11-doc"
-# the version this project's AHN was trained on (Debian bookworm-security); apt may offer a newer
-# one later, which is accepted with a warning (the split depends only on document paths)
-DEB_VERSION = "3.11.2-6+deb12u9"
-DEB_SHA256 = "5b3594189d6ef9a6963ce0347fd307a1cc67620ad697e144db366070e2e146be"
-SOURCES_IN_DEB = "usr/share/doc/python3.11/html/_sources"
-DOC_SUFFIX = ".rst.txt"
-DATA_SOURCE = "python3.11-doc"  # the name of the default data source on the command line
-LICENSE = "PSF License Version 2 (Python documentation, Debian package python3.11-doc)"
-
 HELDOUT_MIN_CHARS = 32_000        # ~8k SmolLM2 tokens: long enough for the longest eval context
 HELDOUT_FRACTION = 0.12           # of the long documents (stable hash of the path)
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
+
+
+@dataclass(frozen=True)
+class DebianText:
+    """Text that a Debian package installs: the package pinned by version and sha256, the folder of
+    the text inside it, which files count as documents, their license, and the role of the source."""
+
+    name: str            # the source's name on the command line
+    package: str
+    version: str         # pinned; apt may offer a newer one later (accepted with a warning)
+    sha256: str          # of the pinned .deb
+    member: str          # the folder inside the package whose files are the documents
+    suffixes: tuple[str, ...]
+    license: str
+    kind: str            # "prose" or "code"
+    eval_only: bool      # never trained on: a domain the AHN has not seen, for evaluation only
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.package} {self.version}, {self.member}/**/*{'|'.join(self.suffixes)} ({self.license})"
+
+
+# Every source is Debian bookworm main. The training text is the Python documentation (English prose
+# with code) and the Python standard library's sources (code); the two evaluation-only sources are
+# prose of other projects' manuals, never trained on.
+SOURCES = {s.name: s for s in (
+    DebianText("python3.11-doc", "python3.11-doc", "3.11.2-6+deb12u9",
+               "5b3594189d6ef9a6963ce0347fd307a1cc67620ad697e144db366070e2e146be",
+               "usr/share/doc/python3.11/html/_sources", (".rst.txt",),
+               "PSF License Version 2 (Python documentation, Debian package python3.11-doc)", "prose", False),
+    DebianText("python3.11-stdlib", "libpython3.11-stdlib", "3.11.2-6+deb12u8",
+               "890b3540dad8a1ccc0deeca025db735bcc82629a76adacbe3b50fcc06ed528ca",
+               "usr/lib/python3.11", (".py",),
+               "PSF License Version 2 (CPython standard library, Debian package libpython3.11-stdlib)", "code", False),
+    DebianText("perl-doc", "perl-doc", "5.36.0-7+deb12u3",
+               "e9e3564ff5ade27de0585835f2acad769bcc545c0a0045a9f55d5401f27f7591",
+               "usr/share/perl/5.36.0/pod", (".pod",),
+               "GPL-1+ or Artistic License (Perl 5.36 documentation, Debian package perl-doc)", "prose", True),
+    DebianText("git-doc", "git-doc", "1:2.39.5-0+deb12u3",
+               "3c89668a11053a6bafade3de1f611f4613db31e082af63f43d8c5b69ad8795ec",
+               "usr/share/doc/git-doc", (".txt",),
+               "GPL-2.0 (Git 2.39 documentation, Debian package git-doc)", "prose", True),
+)}
+DATA_SOURCE = "python3.11-doc"  # the default data source
+# the default training mixture (`ahn-gguf distill --data`): both training sources
+TRAIN_MIXTURE = "python3.11-doc,python3.11-stdlib"
 
 
 class DataError(AHNError, RuntimeError):
@@ -82,7 +125,7 @@ class Split:
                 f"{len(self.heldout)} held-out ({chars(self.heldout) / 1e6:.2f}M chars)")
 
 
-# --- fetching the Debian package ---------------------------------------------------------------
+# --- fetching the Debian packages ---------------------------------------------------------------
 
 def _deb_cache() -> Path:
     path = cache_dir() / "debian"
@@ -90,34 +133,39 @@ def _deb_cache() -> Path:
     return path
 
 
-def fetch_deb(deb: str | Path | None = None) -> Path:
-    """The python3.11-doc .deb: `deb` if given, else a cached one, else `apt-get download`."""
+def _deb_file_version(version: str) -> str:
+    return version.replace(":", "%3a")  # how apt names the file of an epoch version
+
+
+def fetch_deb(source: DebianText, deb: str | Path | None = None) -> Path:
+    """The source's .deb: `deb` if given, else a cached one, else `apt-get download` (no root, no install)."""
     if deb is not None:
         deb = Path(deb)
         if not deb.is_file():
             raise DataError(f"{deb}: no such .deb file")
         return deb
-    cached = sorted(_deb_cache().glob(f"{DEB_PACKAGE}_*.deb"))
-    pinned = [p for p in cached if p.name.startswith(f"{DEB_PACKAGE}_{DEB_VERSION}_")]
+    pkg = source.package
+    cached = sorted(_deb_cache().glob(f"{pkg}_*.deb"))
+    pinned = [p for p in cached if p.name.startswith(f"{pkg}_{_deb_file_version(source.version)}_")]
     if pinned or cached:
         return (pinned or cached)[-1]
     if shutil.which("apt-get") is None:
-        raise DataError(f"apt-get is not available to download {DEB_PACKAGE}; download the .deb elsewhere "
-                        f"(`apt-get download {DEB_PACKAGE}`) and pass its path")
+        raise DataError(f"apt-get is not available to download {pkg}; download the .deb elsewhere "
+                        f"(`apt-get download {pkg}`) and put it in {_deb_cache()}")
     with tempfile.TemporaryDirectory(dir=_deb_cache(), prefix=".apt-") as tmp:
         errors = []
-        for spec in (f"{DEB_PACKAGE}={DEB_VERSION}", DEB_PACKAGE):
+        for spec in (f"{pkg}={source.version}", pkg):
             proc = subprocess.run(["apt-get", "download", spec], cwd=tmp, capture_output=True, text=True)
-            got = sorted(Path(tmp).glob(f"{DEB_PACKAGE}_*.deb"))
+            got = sorted(Path(tmp).glob(f"{pkg}_*.deb"))
             if proc.returncode == 0 and got:
                 break
             errors.append(f"apt-get download {spec}: {proc.stderr.strip()[-500:]}")
         else:
-            raise DataError(f"could not download {DEB_PACKAGE}:\n" + "\n".join(errors)
-                            + f"\n(run `apt-get update`, or pass a local {DEB_PACKAGE} .deb)")
+            raise DataError(f"could not download {pkg}:\n" + "\n".join(errors)
+                            + f"\n(run `apt-get update`, or put a {pkg} .deb in {_deb_cache()})")
         deb = got[0]
-        if sha256_file(deb) != DEB_SHA256:
-            warnings.warn(f"{deb.name} is not the pinned {DEB_PACKAGE} {DEB_VERSION} (sha256 {DEB_SHA256[:12]}...); "
+        if sha256_file(deb) != source.sha256:
+            warnings.warn(f"{deb.name} is not the pinned {pkg} {source.version} (sha256 {source.sha256[:12]}...); "
                           f"the split is by path and still holds, but the text may differ slightly", stacklevel=2)
         dest = _deb_cache() / deb.name
         os.replace(deb, dest)
@@ -145,32 +193,33 @@ def _extract_deb(deb: Path, into: Path) -> None:
     raise DataError(f"{deb} has no data.tar member")
 
 
-def python_docs_root(deb: str | Path | None = None) -> Path:
-    """Folder of the Python 3.11 documentation's reST sources (extracted once into the cache)."""
-    deb = fetch_deb(deb)
+def source_root(source: DebianText, deb: str | Path | None = None) -> Path:
+    """The folder of the source's documents (extracted once into the cache, keyed by the .deb's sha256)."""
+    deb = fetch_deb(source, deb)
     digest = sha256_file(deb)
-    target = _deb_cache() / f"{DEB_PACKAGE}-{digest[:16]}"
-    if (target / ".complete").is_file():
-        return target / "_sources"
+    target = _deb_cache() / f"{source.package}-{digest[:16]}"
+    if (target / ".complete").is_file() and (target / "text").is_dir():  # (earlier layouts: extract again)
+        return target / "text"
     with tempfile.TemporaryDirectory(dir=_deb_cache(), prefix=".x-") as tmp:
         _extract_deb(deb, Path(tmp))
-        src = Path(tmp) / SOURCES_IN_DEB
+        src = Path(tmp) / source.member
         if not src.is_dir():
-            raise DataError(f"{deb.name} has no {SOURCES_IN_DEB}: not the {DEB_PACKAGE} package?")
+            raise DataError(f"{deb.name} has no {source.member}: not the {source.package} package?")
         out = Path(tmp) / "out"
         out.mkdir()
-        os.replace(src, out / "_sources")
-        (out / "deb.json").write_text(json.dumps({"deb": deb.name, "sha256": digest, "license": LICENSE}))
+        os.replace(src, out / "text")
+        (out / "deb.json").write_text(json.dumps({"deb": deb.name, "sha256": digest, "license": source.license}))
         (out / ".complete").write_text("")
         shutil.rmtree(target, ignore_errors=True)
         os.replace(out, target)
-    return target / "_sources"
+    return target / "text"
 
 
-def python_docs_provenance(deb: str | Path | None = None) -> dict:
-    root = python_docs_root(deb)
+def source_provenance(source: DebianText, deb: str | Path | None = None) -> dict:
+    root = source_root(source, deb)
     info = json.loads((root.parent / "deb.json").read_text())
-    info["member"] = f"{SOURCES_IN_DEB}/**/*{DOC_SUFFIX}"
+    info.update(source=source.name, kind=source.kind, eval_only=source.eval_only, pinned_version=source.version,
+                pinned_sha256=source.sha256, member=f"{source.member}/**/*{'|'.join(source.suffixes)}")
     return info
 
 
@@ -190,21 +239,53 @@ def load_text_folder(root: str | Path, suffixes=TEXT_SUFFIXES) -> list[Document]
     return docs
 
 
+def source_documents(source: DebianText, deb: str | Path | None = None) -> list[Document]:
+    """The documents of a Debian source, sorted by path (relative to its folder in the package)."""
+    return load_text_folder(source_root(source, deb), source.suffixes)
+
+
 def python_docs(deb: str | Path | None = None) -> list[Document]:
     """The 497 reST sources of the Python 3.11 documentation (python3.11-doc), sorted by path."""
-    return load_text_folder(python_docs_root(deb), (DOC_SUFFIX,))
+    return source_documents(SOURCES[DATA_SOURCE], deb)
 
 
 def load_source(source: str | None = None) -> tuple[list[Document], dict]:
-    """(documents, provenance) of a data source: "python3.11-doc" (default), a .deb of it, or a folder."""
-    if source in (None, "", DATA_SOURCE):
-        return python_docs(), python_docs_provenance()
+    """(documents, provenance) of one data source: a name of SOURCES (default python3.11-doc),
+    a python3.11-doc .deb, or a folder of text files."""
+    if source in (None, ""):
+        source = DATA_SOURCE
+    if source in SOURCES:
+        return source_documents(SOURCES[source]), source_provenance(SOURCES[source])
     path = Path(source)
     if path.is_file() and path.suffix == ".deb":
-        return python_docs(path), python_docs_provenance(path)
+        return python_docs(path), source_provenance(SOURCES[DATA_SOURCE], path)
     if path.is_dir():
-        return load_text_folder(path), {"folder": str(path.resolve())}
-    raise DataError(f"unknown data source {source!r}: expected {DATA_SOURCE!r}, a {DEB_PACKAGE} .deb or a folder")
+        return load_text_folder(path), {"folder": str(path.resolve()), "eval_only": False}
+    raise DataError(f"unknown data source {source!r}: expected one of {', '.join(SOURCES)}, "
+                    f"a {DATA_SOURCE} .deb or a folder of text files")
+
+
+def source_names(spec: str | None) -> list[str]:
+    """The sources of a comma-separated mixture ("python3.11-doc,python3.11-stdlib"); a folder is one source."""
+    if spec in (None, ""):
+        return [DATA_SOURCE]
+    names = [x.strip() for x in spec.split(",") if x.strip()] if not Path(spec).exists() else [spec]
+    if len(set(names)) != len(names):
+        raise DataError(f"a source is named twice in {spec!r}")
+    return names
+
+
+def load_mixture(spec: str | None, *, training: bool) -> list[tuple[str, list[Document], dict]]:
+    """[(name, documents, provenance)] of every source of a mixture. `training`: evaluation-only sources
+    (never trained on, SOURCES[..].eval_only) are refused."""
+    out = []
+    for name in source_names(spec):
+        docs, prov = load_source(name)
+        if training and prov.get("eval_only"):
+            raise DataError(f"{name} is an evaluation-only source (a domain the AHN must not see in training); "
+                            f"train on {', '.join(n for n, s in SOURCES.items() if not s.eval_only)} or a folder")
+        out.append((name, docs, prov))
+    return out
 
 
 def stable_hash(path: str) -> float:
@@ -214,6 +295,14 @@ def stable_hash(path: str) -> float:
 
 def is_heldout(doc: Document, min_chars: int = HELDOUT_MIN_CHARS, fraction: float = HELDOUT_FRACTION) -> bool:
     return len(doc.text) >= min_chars and stable_hash(doc.path) < fraction
+
+
+def evaluation_documents(docs, eval_only: bool) -> tuple[Document, ...]:
+    """The documents an evaluation may score: the held-out ones of a training source, every long one
+    (>= HELDOUT_MIN_CHARS) of an evaluation-only source."""
+    if eval_only:
+        return tuple(d for d in docs if len(d.text) >= HELDOUT_MIN_CHARS)
+    return split_documents(docs).heldout
 
 
 def split_documents(docs, min_chars: int = HELDOUT_MIN_CHARS, fraction: float = HELDOUT_FRACTION) -> Split:

@@ -1,17 +1,25 @@
-"""`ahn-gguf eval MODEL`: long-context perplexity and a passkey probe, full vs window vs AHN.
+"""`ahn-gguf eval MODEL`: long-context perplexity and a passkey probe, full vs window vs AHN vs the
+window the AHN's bytes would buy.
 
-Three attention modes on the same weights, at context lengths from 2W up to the model's limit:
+Four attention modes on the same weights, at context lengths from 2W up to the model's limit:
 
-- full:   ordinary causal attention over everything (the teacher of distillation);
-- window: S sinks + the last W tokens only (the AHN's memory switched off);
-- ahn:    sinks + window + the AHN memory of every token that left the window.
+- full:    ordinary causal attention over everything (the teacher of distillation);
+- window:  S sinks + the last W tokens only (the AHN's memory switched off);
+- ahn:     sinks + window + the AHN memory of every token that left the window;
+- matched: S sinks + the last W' tokens, no AHN, where W' = W + floor((state bytes + write-gate
+           bytes) / K/V bytes per token): the memory-matched baseline, a window widened by exactly
+           the bytes the AHN costs (`matched_window`; the sizes are the runtime's own accounting,
+           `Llama.ahn_memory()`, F16 K/V). An AHN is worth its bytes where it beats this one.
 
 Perplexity is taken over the positions beyond the lossless span (query positions t >= S + W,
 predicting token t + 1) of held-out documents (ahn_gguf.data: never used in training), the
 first C tokens of each document for a context length C. One pass per (document, mode) at the
 longest length gives the NLL of every position, hence of every shorter length (causality).
-The headline number is the share of the window-only -> full-attention perplexity gap that the
-AHN closes: (ppl_window - ppl_ahn) / (ppl_window - ppl_full).
+The headline numbers are the share of the window-only -> full-attention perplexity gap that the
+AHN closes, (ppl_window - ppl_ahn) / (ppl_window - ppl_full), and its advantage over the
+memory-matched window, ppl_matched - ppl_ahn (positive: the AHN is the better use of the bytes).
+All modes score the same positions (t >= S + W), so the matched window is compared where the AHN's
+window no longer sees everything.
 
 The passkey probe hides "The pass key is NNNNN" at a random depth of 10-50% inside filler text of
 C tokens and asks for it at the end; a trial counts when every digit of the key is the argmax
@@ -42,8 +50,20 @@ import numpy as np
 
 from . import constants as C
 
-MODES = ("full", "window", "ahn")
-MODE_LABEL = {"full": "full attention", "window": "sinks + window", "ahn": "sinks + window + AHN"}
+MODES = ("full", "window", "ahn", "matched")
+MODE_LABEL = {"full": "full attention", "window": "sinks + window", "ahn": "sinks + window + AHN",
+              "matched": "sinks + window W' (the AHN's bytes as K/V)"}
+
+
+def matched_window(window: int, sinks: int, kv_bytes_per_token: int, gate_bytes_per_token: int,
+                   state_bytes: int) -> int:
+    """W' = W + floor((state bytes + write-gate bytes) / K/V bytes per token): the window a model
+    without AHN gets for the bytes an AHN context of window W and S sinks holds (its gates are
+    cached for each of the S + W live cells). Never more bytes than the AHN's."""
+    if kv_bytes_per_token <= 0:
+        raise ValueError("K/V bytes per token must be > 0")
+    extra = state_bytes + gate_bytes_per_token * (sinks + window)
+    return window + extra // kv_bytes_per_token
 FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ")
 PASSKEY_INTRO = ("There is an important piece of information hidden inside a lot of irrelevant text. "
                  "Find it and memorize it. I will quiz you about it.\n")
@@ -64,6 +84,8 @@ class Engine:
     window: int
     sinks: int
     n_ctx_train: int
+    matched: int | None = None      # W' of mode "matched" (None: unknown, the mode is refused)
+    memory: dict | None = None      # the byte sizes W' comes from
 
     def tokenize(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -73,7 +95,8 @@ class Engine:
         raise NotImplementedError
 
     def describe(self) -> dict:
-        return {"engine": self.name, "window": self.window, "sinks": self.sinks}
+        return {"engine": self.name, "window": self.window, "sinks": self.sinks, "matched_window": self.matched,
+                "memory": self.memory}
 
 
 class ReferenceEngine(Engine):
@@ -82,7 +105,7 @@ class ReferenceEngine(Engine):
     name = "reference"
 
     def __init__(self, base: str | Path, ahn: str | Path | None, *, window: int | None = None,
-                 sinks: int | None = None, threads: int = 2, chunk: int = 512):
+                 sinks: int | None = None, threads: int = 2, chunk: int = 512, matched: int | None = None):
         import torch
 
         from .distill.trainer import resolve_base, tune_cpu_runtime
@@ -99,6 +122,7 @@ class ReferenceEngine(Engine):
         self.window, self.sinks = cfg.window, cfg.sinks
         self.n_ctx_train = cfg.max_position_embeddings
         self.chunk = chunk
+        self.matched = matched   # the reference has no byte accounting: W' is given (--matched-window)
         from .data import load_tokenizer
 
         self._tok = load_tokenizer(self.base)
@@ -110,9 +134,15 @@ class ReferenceEngine(Engine):
         torch = self.torch
         if mode == "ahn" and not self.model.has_ahn:
             raise ValueError("mode 'ahn' needs an AHN: pass --ahn AHN_DIR")
+        window = self.window
+        if mode == "matched":
+            if self.matched is None:
+                raise ValueError("mode 'matched' with the reference engine needs --matched-window W' "
+                                 "(the GGUF engine computes it from the runtime's memory accounting)")
+            mode, window = "window", self.matched
         x = torch.as_tensor(np.asarray(ids), dtype=torch.long)[None]
         with torch.no_grad():
-            h = self.model.hidden_states(x, mode=mode, window=self.window, sinks=self.sinks)[0, :-1]
+            h = self.model.hidden_states(x, mode=mode, window=window, sinks=self.sinks)[0, :-1]
             nll, top1 = [], []
             for i in range(0, h.shape[0], self.chunk):
                 lp = torch.log_softmax(self.model.logits(h[i:i + self.chunk]).float(), dim=-1)
@@ -150,6 +180,11 @@ class GGUFEngine(Engine):
         import llama_cpp
 
         self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self._llm.model))
+        mem = self._llm.ahn_memory()
+        self.memory = {"kv_bytes_per_token": mem.kv_bytes_per_cell, "gate_bytes_per_token": mem.gate_bytes_per_cell,
+                       "state_bytes": mem.state_bytes_per_seq, "kv_type": "f16"}
+        self.matched = matched_window(self.window, self.sinks, mem.kv_bytes_per_cell, mem.gate_bytes_per_cell,
+                                      mem.state_bytes_per_seq)
 
     def _open(self, mode: str):
         if self._mode == mode:
@@ -161,6 +196,9 @@ class GGUFEngine(Engine):
                   n_threads_batch=self.threads, logits_all=False, verbose=False)
         if mode == "full":
             kw.update(ahn_window=self.n_ctx, ahn_sinks=0)   # W >= every context: exactly full attention
+        elif mode == "matched":                             # the wider window, memory off
+            kw.update(ahn_window=min(self.matched, self.n_ctx), ahn_sinks=self.sinks)
+            kw["kv_overrides"] = {C.KEY_MEMORY_ENABLED.format(arch=self.arch): False}
         else:
             kw.update(ahn_window=self.window, ahn_sinks=self.sinks)
             if mode == "window":
@@ -238,6 +276,8 @@ class EvalResult:
     ppl: dict = field(default_factory=dict)        # mode -> {length: exp(mean NLL)}
     positions: dict = field(default_factory=dict)  # length -> positions scored (all documents)
     gap_closed: dict = field(default_factory=dict)  # length -> (ppl_window - ppl_ahn) / (ppl_window - ppl_full)
+    matched_window: int | None = None               # W' of mode "matched"
+    advantage: dict = field(default_factory=dict)   # length -> ppl_matched - ppl_ahn (> 0: the AHN wins)
     passkey: dict = field(default_factory=dict)    # mode -> {length: {"accuracy", "nll", "trials"}}
     seconds: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
@@ -265,14 +305,21 @@ def passkey_prompt(engine: Engine, length: int, rng: np.random.Generator) -> tup
     return ids, len(answer)
 
 
-def run_eval(engine: Engine, sequences, *, lengths, modes=MODES, passkey_trials: int = 3, seed: int = 0,
+def default_modes(engine: Engine) -> tuple[str, ...]:
+    """Every mode the engine can run: "matched" needs a known W'."""
+    return tuple(m for m in MODES if m != "matched" or engine.matched is not None)
+
+
+def run_eval(engine: Engine, sequences, *, lengths, modes=None, passkey_trials: int = 3, seed: int = 0,
              progress: bool = True) -> EvalResult:
-    """Perplexity beyond the window for every mode and length, and the passkey probe."""
+    """Perplexity beyond the window for every mode and length (default: `default_modes`), and the passkey probe."""
     from tqdm import tqdm
 
+    modes = tuple(modes) if modes else default_modes(engine)
     W, S = engine.window, engine.sinks
     first = S + W                                    # first query position scored
     res = EvalResult(engine.describe(), W, S, list(lengths), [p for p, _ in sequences])
+    res.matched_window = engine.matched
     max_len = max(lengths)
     for ids in (s for _, s in sequences):
         if len(ids) < max_len:
@@ -329,11 +376,13 @@ def run_eval(engine: Engine, sequences, *, lengths, modes=MODES, passkey_trials:
 
 
 def gap_closed(res: EvalResult) -> None:
-    """Fill res.gap_closed when all three modes are there."""
-    if all(m in res.ppl for m in MODES):
+    """Fill res.gap_closed (full, window and ahn measured) and res.advantage (ahn and matched measured)."""
+    if all(m in res.ppl for m in ("full", "window", "ahn")):
         for c in res.lengths:
             gap = res.ppl["window"][c] - res.ppl["full"][c]
             res.gap_closed[c] = (res.ppl["window"][c] - res.ppl["ahn"][c]) / gap if abs(gap) > 1e-12 else None
+    if all(m in res.ppl for m in ("ahn", "matched")):
+        res.advantage = {c: res.ppl["matched"][c] - res.ppl["ahn"][c] for c in res.lengths}
 
 
 def merge_previous(res: EvalResult, previous: dict) -> list[str]:
@@ -341,12 +390,13 @@ def merge_previous(res: EvalResult, previous: dict) -> list[str]:
     documents): full attention and sinks + window do not depend on the AHN weights, so they can be
     measured once, e.g. while the AHN is still training. Returns the modes taken."""
     same = (previous["window"] == res.window and previous["sinks"] == res.sinks
+            and previous.get("matched_window") in (None, res.matched_window)
             and [int(c) for c in previous["lengths"]] == res.lengths and previous["documents"] == res.documents)
     if not same:
         raise ValueError("--reuse: the earlier result has another window, sinks, lengths or documents")
     taken = []
     for m in MODES:
-        if m in res.ppl or m not in previous["ppl"]:
+        if m in res.ppl or m not in previous["ppl"] or m == "ahn":   # only what does not depend on the AHN
             continue
         res.nll[m] = {int(c): v for c, v in previous["nll"][m].items()}
         res.ppl[m] = {int(c): v for c, v in previous["ppl"][m].items()}
@@ -373,14 +423,27 @@ def markdown(res: EvalResult, title: str, extra: list[str] | None = None) -> str
     lines += ["", f"Window W = {res.window}, sinks S = {res.sinks}; perplexity over query positions "
                   f">= S + W = {res.sinks + res.window} of {len(res.documents)} held-out documents "
                   f"(first C tokens of each).", ""]
+    if res.matched_window is not None and "matched" in modes:
+        mem = res.engine.get("memory") or {}
+        how = (f" = {res.window} + floor(({mem['state_bytes']:,} state bytes + {mem['gate_bytes_per_token']:,} gate bytes "
+               f"x {res.sinks + res.window} cells) / {mem['kv_bytes_per_token']:,} K/V bytes per token, "
+               f"{mem.get('kv_type', 'f16').upper()} K/V)") if mem else ""
+        lines += [f"Memory-matched window: W' = {res.matched_window}{how}: a window-only model given the AHN's "
+                  f"bytes. \"AHN - matched\" < 0 means the AHN is the better use of them.", ""]
     head = "| context C | positions scored | " + " | ".join(MODE_LABEL[m] for m in modes)
-    head += " | gap closed by AHN |" if res.gap_closed else " |"
-    lines += [head, "|" + " --- |" * (2 + len(modes) + (1 if res.gap_closed else 0))]
+    if res.gap_closed:
+        head += " | gap closed by AHN"
+    if res.advantage:
+        head += " | AHN - matched"
+    head += " |"
+    lines += [head, "|" + " --- |" * (2 + len(modes) + bool(res.gap_closed) + bool(res.advantage))]
     for c in res.lengths:
         row = f"| {c} | {res.positions[c]} | " + " | ".join(_fmt(res.ppl[m][c]) for m in modes)
         if res.gap_closed:
             g = res.gap_closed[c]
             row += " | " + ("n/a" if g is None else f"{100 * g:.1f}%")
+        if res.advantage:
+            row += f" | {-res.advantage[c]:+.3f}"
         lines.append(row + " |")
     if res.passkey:
         lines += ["", "Passkey retrieval (key at 10-50% depth; accuracy = all digits greedy-correct; "
@@ -446,20 +509,23 @@ def write_report(res: EvalResult, out: Path, title: str, extra: list[str] | None
 # --- command line -------------------------------------------------------------------------------------
 
 def heldout_token_sequences(engine: Engine, source: str | None, length: int, max_docs: int | None):
-    from .data import load_source, split_documents
+    """The first `length` tokens of each evaluation document of a source (ahn_gguf.data.evaluation_documents:
+    the held-out documents of a training source, every long one of an evaluation-only source)."""
+    from .data import evaluation_documents, load_source, split_documents
 
     docs, prov = load_source(source)
-    split = split_documents(docs)
+    eval_only = bool(prov.get("eval_only"))
     out = []
-    for doc in split.heldout:
+    for doc in evaluation_documents(docs, eval_only):
         ids = engine.tokenize(doc.text)
         if len(ids) >= length:
             out.append((doc.path, ids[:length]))
         if max_docs and len(out) >= max_docs:
             break
     if not out:
-        raise ValueError(f"no held-out document has {length} tokens; lower --max-ctx")
-    prov = dict(prov, split=split.describe())
+        raise ValueError(f"no evaluation document has {length} tokens; lower --max-ctx")
+    prov = dict(prov, split=("evaluation-only source: every document >= 32k characters" if eval_only
+                             else split_documents(docs).describe()))
     return out, prov
 
 
@@ -475,9 +541,14 @@ def register(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--max-ctx", type=int, help="longest context (default: the model's training context)")
     p.add_argument("--lengths", help="comma-separated context lengths (default: 2W, 4W, ... max-ctx)")
     p.add_argument("--docs", type=int, default=0, help="at most N held-out documents (default: all)")
-    p.add_argument("--data", default=None, help="python3.11-doc (default), a .deb of it, or a text folder")
+    p.add_argument("--data", default=None, help="one source: python3.11-doc (default), python3.11-stdlib, "
+                                                "perl-doc, git-doc (ahn_gguf.data.SOURCES), a python3.11-doc .deb, "
+                                                "or a text folder")
     p.add_argument("--passkey-trials", type=int, default=3, help="passkey prompts per length (0: none)")
-    p.add_argument("--modes", default="full,window,ahn", help="which modes (default all three)")
+    p.add_argument("--modes", default=None, help="comma-separated modes of full,window,ahn,matched "
+                                                "(default: all the engine can run)")
+    p.add_argument("--matched-window", type=int, default=None, metavar="W'",
+                   help="W' of mode matched for --engine reference (the GGUF engine computes it)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", default=None, metavar="PATH",
@@ -491,12 +562,13 @@ def register(subparsers, name: str, help_text: str) -> None:
 
 
 def _run(args) -> int:
-    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    modes = tuple(m.strip() for m in (args.modes or "").split(",") if m.strip())
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f"unknown modes {bad}; expected {', '.join(MODES)}")
     if args.engine == "reference":
-        engine = ReferenceEngine(args.model, args.ahn, window=args.window, sinks=args.sinks, threads=args.threads)
+        engine = ReferenceEngine(args.model, args.ahn, window=args.window, sinks=args.sinks, threads=args.threads,
+                                 matched=args.matched_window)
         max_ctx = args.max_ctx or engine.n_ctx_train
     else:
         if args.ahn:
@@ -516,7 +588,7 @@ def _run(args) -> int:
         raise ValueError(f"length {max(lengths)} exceeds --max-ctx {max_ctx}")
     t0 = time.time()
     sequences, prov = heldout_token_sequences(engine, args.data, max(lengths), args.docs or None)
-    res = run_eval(engine, sequences, lengths=lengths, modes=modes, passkey_trials=args.passkey_trials,
+    res = run_eval(engine, sequences, lengths=lengths, modes=modes or None, passkey_trials=args.passkey_trials,
                    seed=args.seed, progress=not args.no_progress)
     res.data = prov
     if args.reuse:

