@@ -10,8 +10,8 @@ written by `metadata()` / `tensor_entries()`: the only place AHN keys and tensor
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,7 +26,6 @@ from ahn_gguf.constants import (
     ARCH_SIDECAR,
     HF_AHN_IMPLEMENTATION,
     HF_AHN_PREFIX,
-    canonical_variant,
     HF_NUM_ATTN_SINKS,
     HF_SLIDING_WINDOW,
     KEY_BASE_ARCH,
@@ -49,6 +48,7 @@ from ahn_gguf.constants import (
     PUBLISHED_BASE_SHAPES,
     VARIANTS,
     ahn_param_count,
+    canonical_variant,
 )
 
 from .errors import ConversionError
