@@ -258,8 +258,9 @@ def _added_tokens_decoder(tk) -> dict:
     return out
 
 
-def write_tokenizer(folder: Path, family: str) -> None:
-    """tokenizer.json, tokenizer_config.json, vocab.json, merges.txt, generation_config.json."""
+def write_tokenizer(folder: Path, family: str, source_gguf: Path | None = None) -> None:
+    """tokenizer.json, tokenizer_config.json, vocab.json, merges.txt, generation_config.json.
+    Llama family: SmolLM2's vocabulary, from `source_gguf` (default: the pinned SmolLM2 GGUF)."""
     if family == "qwen2":
         meta = read_gguf_metadata(qwen2_vocab_gguf())
         tk = tokenizer_from_gguf(meta, QWEN25_EXTRA_TOKENS)
@@ -276,7 +277,7 @@ def write_tokenizer(folder: Path, family: str) -> None:
         }
         gen = QWEN2_GENERATION_CONFIG
     else:
-        meta = read_gguf_metadata(smollm2_gguf())
+        meta = read_gguf_metadata(source_gguf or smollm2_gguf())
         tk = tokenizer_from_gguf(meta)
         tokens = meta["tokenizer.ggml.tokens"]
         tok_config = {

@@ -188,8 +188,11 @@ def import_gguf_py():
 
     The pinned copy is used rather than any `gguf` installed from PyPI, so that reading and
     writing GGUF files follows exactly the llama.cpp version the runtime is built from.
+    `$AHN_GGUF_GGUF_PY` names a folder holding that same copy, for a machine that cannot download
+    the sdist (the GPU training pack carries it: ahn_gguf.distill.gpu).
     """
-    root = extract_member("vendor/llama.cpp/gguf-py")
+    given = os.environ.get("AHN_GGUF_GGUF_PY")
+    root = Path(given) if given else extract_member("vendor/llama.cpp/gguf-py")
     mod = sys.modules.get("gguf")
     if mod is not None:
         if Path(getattr(mod, "__file__", "")).resolve().is_relative_to(root.resolve()):

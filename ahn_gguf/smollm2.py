@@ -150,19 +150,25 @@ def hf_dir() -> Path:
     target = cache_dir() / HF_DIR_NAME
     if (target / PROVENANCE_FILE).is_file():
         return target
+    return write_hf_dir(gguf_path(), target)
+
+
+def write_hf_dir(src: Path, target: Path) -> Path:
+    """The Hugging Face folder of a SmolLM2 Q4_1 GGUF at `src` (the pinned one, or the same bytes
+    reassembled elsewhere: the GPU training pack), written atomically to `target`."""
     import torch
     from safetensors.torch import save_file
 
-    src = gguf_path()
     tensors, cfg = dequantized_tensors(src)
-    with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".smollm2-") as tmp:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".smollm2-") as tmp:
         folder = Path(tmp) / "out"
         folder.mkdir()
         with open(folder / "config.json", "w") as f:
             json.dump(cfg, f, indent=2)
         save_file({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in tensors.items()},
                   folder / "model.safetensors", metadata={"format": "pt"})
-        write_tokenizer(folder, "llama")
+        write_tokenizer(folder, "llama", source_gguf=src)
         with open(folder / PROVENANCE_FILE, "w") as f:
             json.dump({
                 "model": NAME,

@@ -347,12 +347,14 @@ class Distiller:
 
     # -- the run -------------------------------------------------------------------------------
 
-    def run(self, stop_after: int | None = None) -> RunLog:
-        """Train up to cfg.steps (or `stop_after` more steps: tests), checkpointing as configured."""
+    def run(self, stop_after: int | None = None, max_seconds: float | None = None) -> RunLog:
+        """Train up to cfg.steps (or `stop_after` more steps: tests; or until `max_seconds` have passed:
+        a machine lent for minutes), checkpointing as configured and at the end."""
         from tqdm import tqdm
 
         cfg = self.cfg
         end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
+        deadline = time.time() + max_seconds if max_seconds is not None else float("inf")
         interrupted = []
 
         def on_signal(signum, _frame):
@@ -366,7 +368,7 @@ class Distiller:
         try:
             if cfg.val_every and self.val_batch and not self.log.validation:
                 self._report_validation(bar)          # step 0: the starting point of the curve
-            while self.step < end and not interrupted:
+            while self.step < end and not interrupted and time.time() < deadline:
                 rec = self.train_step()
                 tok_s = rec.tokens / max(rec.wall_s, 1e-9)
                 bar.set_postfix_str(f"loss {rec.loss:.4f} lr {rec.lr:.2e} W {rec.window} S {rec.sinks} "
