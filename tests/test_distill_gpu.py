@@ -90,7 +90,7 @@ def test_calls_stage_then_train_then_resume_offline(pack, tmp_path):
     assert proc.returncode == 1 and "sha256" in proc.stderr
 
     # the run folder brought back continues here with `ahn-gguf distill --resume` (same settings)
-    from ahn_gguf.distill.trainer import Distiller, DistillConfig
+    from ahn_gguf.distill.trainer import DistillConfig, Distiller
 
     base = work / "base"
     cfg = DistillConfig(base=str(base), out_dir=str(out / "run"), seq_len=128, steps=2, spans=(40, 48), sinks=(4,),
