@@ -200,13 +200,15 @@ read_gguf_metadata = read_metadata
 _NORMAL, _CONTROL, _USER_DEFINED = 1, 3, 4
 
 
-def tokenizer_from_gguf(meta: dict, extra_tokens=()):
+def tokenizer_from_gguf(meta: dict, extra_tokens=(), user_defined: bool = False):
     """A `tokenizers.Tokenizer` equal to the HF tokenizer a GGUF vocabulary was converted from.
 
     Supports the two pre-tokenizers the fixtures need: "qwen2" (NFC, Qwen2's split regex,
     byte-level) and "smollm" / "starcoder" (single digits, then GPT-2's byte-level regex).
     Checked against llama.cpp's tokenizer test vectors (tests/test_fixtures.py).
     `extra_tokens`: (content, special) pairs appended as added tokens after the vocabulary.
+    `user_defined`: the vocabulary's user-defined tokens become plain added tokens (a real Qwen2.5 GGUF's
+    <tool_call>; llama.cpp's test vocabulary ggml-vocab-qwen2 marks 290 tokens so, which its HF tokenizer lacks).
     """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
@@ -238,7 +240,8 @@ def tokenizer_from_gguf(meta: dict, extra_tokens=()):
         tk.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
     else:
         raise ValueError(f"unsupported pre-tokenizer {pre!r} (fixtures know qwen2, smollm, starcoder)")
-    added = [(tok, True) for tok, ty in zip(tokens, types) if ty == _CONTROL]
+    kinds = (_CONTROL, _USER_DEFINED) if user_defined else (_CONTROL,)
+    added = [(tok, ty == _CONTROL) for tok, ty in zip(tokens, types) if ty in kinds]
     added += list(extra_tokens)
     # added in id order, so each gets the next id after the vocabulary (or its own id if in it)
     for content, special in added:
@@ -262,9 +265,14 @@ def write_tokenizer(folder: Path, family: str, source_gguf: Path | None = None) 
     """tokenizer.json, tokenizer_config.json, vocab.json, merges.txt, generation_config.json.
     Llama family: SmolLM2's vocabulary, from `source_gguf` (default: the pinned SmolLM2 GGUF)."""
     if family == "qwen2":
-        meta = read_gguf_metadata(qwen2_vocab_gguf())
-        tk = tokenizer_from_gguf(meta, QWEN25_EXTRA_TOKENS)
-        template = extract_member(QWEN25_TEMPLATE_MEMBER).read_text()
+        if source_gguf is not None:   # a real Qwen2.5 GGUF: its vocabulary and template hold every token
+            meta = read_gguf_metadata(source_gguf)
+            tk = tokenizer_from_gguf(meta, user_defined=True)
+            template = meta.get("tokenizer.chat_template") or extract_member(QWEN25_TEMPLATE_MEMBER).read_text()
+        else:
+            meta = read_gguf_metadata(qwen2_vocab_gguf())
+            tk = tokenizer_from_gguf(meta, QWEN25_EXTRA_TOKENS)
+            template = extract_member(QWEN25_TEMPLATE_MEMBER).read_text()
         specials = [t.content for t in tk.get_added_tokens_decoder().values() if t.special]
         tok_config = {
             "add_bos_token": False, "add_prefix_space": False,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -48,7 +47,6 @@ from ahn_gguf.constants import (
     PUBLISHED_BASE_SHAPES,
     VARIANTS,
     ahn_param_count,
-    canonical_variant,
 )
 
 from .errors import ConversionError
@@ -461,35 +459,18 @@ def _scan_folder(folder: Path, want) -> tuple[dict[str, tuple[int, ...]], dict]:
 
 
 def hf_tensors_from_gguf(path: str | Path) -> tuple[str, dict[str, np.ndarray]]:
-    """(variant, {checkpoint name: float32 array}) of an AHN GGUF (a sidecar or a model with its AHN):
-    the inverse of `AHNPayload.from_hf`'s mapping, for a warm start of distillation from a shipped AHN.
-    F32, F16 and BF16 tensors only (what `convert` writes for AHN weights)."""
+    """(variant, {checkpoint name: float32 array}) of an AHN sidecar GGUF (validated by `from_sidecar`):
+    the inverse of `from_hf`'s mapping, for a warm start of distillation from a shipped AHN."""
     from .gguf_io import read_gguf
 
-    contents = read_gguf(path)
-    arch = contents.arch
-    variant = contents.get(f"{arch}.ahn.variant")
-    if variant is None:
-        raise ConversionError(f"{path}: no {arch}.ahn.variant: not an AHN GGUF")
-    variant = canonical_variant(variant)
+    payload = AHNPayload.from_sidecar(read_gguf(path))
     out = {}
-    for entry in contents.tensors:
-        m = re.fullmatch(r"blk\.(\d+)\.(.+)", entry.name)
-        spec = next((t for t in AHN_TENSORS[variant] if m and t.gguf.format(bid=m.group(1)) == entry.name), None)
-        if spec is None:
+    for bid, flag in enumerate(payload.layers):
+        if not flag:
             continue
-        kinds = {"F32": np.float32, "F16": np.float16}
-        if entry.ggml_type.name in kinds:
-            arr = entry.data.view(kinds[entry.ggml_type.name]).astype(np.float32)
-        elif entry.ggml_type.name == "BF16":
-            arr = (entry.data.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-        else:
-            raise ConversionError(f"{path}: AHN tensor {entry.name} is {entry.ggml_type.name}; "
-                                  f"only F32, F16 and BF16 AHN weights can be read back")
-        arr = arr.reshape(entry.shape)
-        if spec.transpose_heads:
-            arr = arr.transpose(0, 2, 1)
-        out[HF_AHN_PREFIX.format(bid=int(m.group(1))) + spec.hf] = np.ascontiguousarray(arr)
-    if not out:
-        raise ConversionError(f"{path}: no AHN tensors")
-    return variant, out
+        for t in AHN_TENSORS[payload.variant]:
+            arr = np.asarray(payload.tensors[t.gguf.format(bid=bid)], dtype=np.float32)
+            if t.transpose_heads:
+                arr = arr.transpose(0, 2, 1)
+            out[HF_AHN_PREFIX.format(bid=bid) + t.hf] = np.ascontiguousarray(arr)
+    return payload.variant, out

