@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from . import constants as C
+from .reports import save_figure
 
 MODES = ("full", "window", "ahn", "matched")
 MODE_LABEL = {"full": "full attention", "window": "sinks + window", "ahn": "sinks + window + AHN",
@@ -492,18 +493,24 @@ def plot(res: EvalResult, path: Path, title: str) -> None:
         ax.legend()
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
 def write_report(res: EvalResult, out: Path, title: str, extra: list[str] | None = None) -> dict[str, Path]:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = {"md": out.with_suffix(".md"), "json": out.with_suffix(".json"), "png": out.with_suffix(".png")}
-    paths["json"].write_text(json.dumps(res.as_dict(), indent=1))
-    plot(res, paths["png"], title)
-    text = markdown(res, title, extra) + f"\n![plot]({paths['png'].name})\n"
-    paths["md"].write_text(text)
-    return paths
+    """OUT.md, OUT.json, OUT.png (OUT: a path without suffix; a .md/.json/.png suffix given is dropped)."""
+    from .reports import write_report as write
+
+    out = Path(out)
+    stem = out.stem if out.suffix in (".md", ".json", ".png") else out.name
+
+    def plots(d: Path, s: str) -> list[str]:
+        plot(res, d / f"{s}.png", title)
+        return [f"{s}.png"]
+
+    files = write(out.parent, stem, res.as_dict(),
+                  lambda names: markdown(res, title, extra) + "".join(f"\n![plot]({n})\n" for n in names), plots)
+    return {"md": files.md, "json": files.json, "png": files.plots[0]}
 
 
 # --- command line -------------------------------------------------------------------------------------

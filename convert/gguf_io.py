@@ -16,7 +16,6 @@ import contextlib
 import logging
 import mmap
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ahn_gguf.atomic import atomic_output, temp_path  # noqa: F401  (re-exported: the pipeline)
 from ahn_gguf.errors import GGUFFormatError
 from ahn_gguf.gguf_file import parse_header
 from ahn_gguf.sdist import import_gguf_py
@@ -139,13 +139,6 @@ def check_output(out: str | Path, *, force: bool, inputs=()) -> Path:
     return out
 
 
-def temp_path(out: Path, tag: str) -> Path:
-    """A fresh, unique file name in the output's folder (created empty)."""
-    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=f".{tag}.tmp")
-    os.close(fd)
-    return Path(name)
-
-
 @contextlib.contextmanager
 def removing(*paths: Path) -> Iterator[None]:
     """Delete `paths` when the block ends, however it ends (intermediate files)."""
@@ -155,30 +148,6 @@ def removing(*paths: Path) -> Iterator[None]:
         for p in paths:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_output(out: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `out`; rename it to `out` only if the block completes.
-
-    Any exception, KeyboardInterrupt included, removes the temporary file, so a failed or
-    interrupted write never leaves a partial output (nor replaces an existing one).
-    """
-    tmp = temp_path(out, "part")
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; a finished output gets a normal file's mode
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 def write_gguf(contents: GGUFContents, out: Path, *, progress: bool = True) -> Path:

@@ -27,7 +27,6 @@ n_ctx cells; `bench runtime` measures it at real lengths).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections.abc import Callable
@@ -36,6 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ahn_gguf import reports
+from ahn_gguf.reports import ReportFiles
 
 from . import parsed_defaults
 
@@ -434,12 +436,8 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(result: dict, out_dir: Path, stem: str = "bench-formulas") -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    md, js = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
-    md.write_text(markdown(result))
-    js.write_text(json.dumps(result, indent=2) + "\n")
-    return md, js
+def write_report(result: dict, out_dir: Path, stem: str = "bench-formulas") -> ReportFiles:
+    return reports.write_report(out_dir, stem, result, lambda _names: markdown(result))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -47,8 +47,11 @@ from typing import Any
 
 import numpy as np
 
+from ahn_gguf import reports
+from ahn_gguf.atomic import atomic_output, write_text
 from ahn_gguf.bench.formulas import QWEN25, Shape
 from ahn_gguf.errors import AHNError
+from ahn_gguf.reports import ReportFiles, save_figure
 from ahn_gguf.sdist import sha256_file
 
 PACK_SOURCE = "llama.cpp-ahn.tar.xz"
@@ -200,12 +203,10 @@ def write_shaped_model(path: Path, shape: Shape, ahn: bool, seed: int = 0, windo
                      struct.pack("<IQ", ggml_type, offset))
         offset += -(-len(data) // GGUF_ALIGN) * GGUF_ALIGN
     header = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kv)) + b"".join(_kv(k, v) for k, v in kv.items()) + b"".join(infos)
-    tmp = path.with_name(f".{path.name}.part")
-    with open(tmp, "wb") as out:
+    with atomic_output(path) as tmp, open(tmp, "wb") as out:
         out.write(header + b"\0" * (-len(header) % GGUF_ALIGN))
         for _, _, _, data in tensors:
             out.write(data + b"\0" * (-len(data) % GGUF_ALIGN))
-    os.replace(tmp, path)
     return path
 
 
@@ -231,9 +232,8 @@ def pack(out_dir: Path) -> dict:
             return None if any(p == s or s in p.parents for s in skip) else info
 
         archive = out_dir / PACK_SOURCE
-        with tarfile.open(archive.with_suffix(".part"), "w:xz", preset=6) as tf:
+        with atomic_output(archive) as part, tarfile.open(part, "w:xz", preset=6) as tf:
             tf.add(src, arcname="llama.cpp", filter=keep)
-        os.replace(archive.with_suffix(".part"), archive)
     fixtures = out_dir / PACK_FIXTURES
     fixtures.mkdir(exist_ok=True)
     sys.path.insert(0, str(tests))
@@ -248,7 +248,7 @@ def pack(out_dir: Path) -> dict:
                                             for p in files}}
     total = sum(f["bytes"] for f in manifest["files"].values())
     manifest["total_bytes"] = total
-    (out_dir / PACK_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_text(out_dir / PACK_MANIFEST, json.dumps(manifest, indent=2) + "\n")
     print(f"packed {len(files)} files, {total / 2**20:.1f} MiB, into {out_dir} (build key {key})")
     return manifest
 
@@ -551,21 +551,14 @@ def plot(result: dict, path: Path) -> bool:
         ax.set_ylim(bottom=0)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return True
 
 
-def write_report(result: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png = out_dir / f"{stem}.png"
-    has_plot = plot(result, png)
-    md, js = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
-    for path, text in ((md, markdown(result, png.name if has_plot else None)), (js, json.dumps(result, indent=2) + "\n")):
-        tmp = path.with_name(f".{path.name}.part")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    return md, js
+def write_report(result: dict, out_dir: Path, stem: str) -> ReportFiles:
+    return reports.write_report(out_dir, stem, result, lambda names: markdown(result, names[0] if names else None),
+                                lambda d, s: [f"{s}.png"] if plot(result, d / f"{s}.png") else [])
 
 
 # --- command line --------------------------------------------------------------------------------

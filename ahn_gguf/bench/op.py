@@ -23,7 +23,6 @@ the JSON too.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -35,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from ahn_gguf import constants, native
+from ahn_gguf import constants, native, reports
+from ahn_gguf.reports import ReportFiles
 
 from . import parsed_defaults
 
@@ -331,12 +331,8 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(result: dict, out_dir: Path) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    md, js = out_dir / "bench-op.md", out_dir / "bench-op.json"
-    md.write_text(markdown(result))
-    js.write_text(json.dumps(result, indent=2) + "\n")
-    return md, js
+def write_report(result: dict, out_dir: Path) -> ReportFiles:
+    return reports.write_report(out_dir, "bench-op", result, lambda _names: markdown(result))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

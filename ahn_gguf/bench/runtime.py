@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 
 from ahn_gguf import constants as C
+from ahn_gguf import reports
+from ahn_gguf.reports import ReportFiles, save_figure
 
 from . import parsed_defaults
 
@@ -907,20 +909,21 @@ def plot(result: dict, out_dir: Path, stem: str) -> dict[str, str]:
         axes[1].set_ylim(bottom=0)
         fig.tight_layout()
         name = f"{stem}-{mr['name']}.png"
-        fig.savefig(out_dir / name, dpi=110)
+        save_figure(fig, out_dir / name, dpi=110)
         plt.close(fig)
         files[mr["name"]] = name
     return files
 
 
-def write_report(result: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plots = plot(result, out_dir, stem)
-    result["plots"] = plots
-    md, js = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
-    md.write_text(markdown(result, plots))
-    js.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return md, js
+def write_report(result: dict, out_dir: Path, stem: str) -> ReportFiles:
+    by_model: dict[str, str] = {}
+
+    def plots(d: Path, s: str) -> list[str]:
+        by_model.update(plot(result, d, s))
+        result["plots"] = by_model
+        return list(by_model.values())
+
+    return reports.write_report(out_dir, stem, result, lambda _names: markdown(result, by_model), plots)
 
 
 # --- command line --------------------------------------------------------------------------------

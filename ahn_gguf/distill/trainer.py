@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_output, write_text
 from ..constants import HF_AHN_IMPLEMENTATION, HF_NUM_ATTN_SINKS, HF_SLIDING_WINDOW, canonical_variant
 
 LOG_JSON = "training-log.json"
@@ -421,16 +422,14 @@ class Distiller:
         c = json.loads(cfg_path.read_text())
         c[HF_SLIDING_WINDOW], c[HF_NUM_ATTN_SINKS] = self.cfg.window, self.cfg.default_sinks
         c["torch_dtype"] = self.cfg.save_dtype
-        cfg_path.write_text(json.dumps(c, indent=2))
+        write_text(cfg_path, json.dumps(c, indent=2))
         self.log.notes.update({"steps_done": self.step, "tokens": self.step * self.cfg.batch_size * self.cfg.seq_len,
                                "train_wall_s": round(self.wall_s, 1)})
-        _atomic_write_text(self.out / LOG_JSON, json.dumps(asdict(self.log), indent=1))
-        tmp = self.out / (LOG_CSV + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        write_text(self.out / LOG_JSON, json.dumps(asdict(self.log), indent=1))
+        with atomic_output(self.out / LOG_CSV) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
             w.writeheader()
             w.writerows(self.log.records)
-        os.replace(tmp, self.out / LOG_CSV)
 
     def save_checkpoint(self) -> Path:
         torch = self.torch
@@ -449,9 +448,8 @@ class Distiller:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "log": asdict(self.log),
         }
-        tmp = self.ckpt_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.ckpt_path)
+        with atomic_output(self.ckpt_path) as tmp:
+            torch.save(state, tmp)
         self.save_outputs()
         return self.ckpt_path
 
@@ -499,8 +497,3 @@ def _main_thread() -> bool:
 def _jsonable(d: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
