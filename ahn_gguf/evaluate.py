@@ -581,7 +581,7 @@ def _run(args) -> int:
         if args.ahn:
             raise ValueError("--ahn is for --engine reference; a GGUF carries its AHN (ahn-gguf attach)")
         if args.max_ctx is None:
-            from .fixtures import read_gguf_metadata
+            from .gguf_file import read_metadata as read_gguf_metadata
 
             meta = read_gguf_metadata(args.model)
             arch = meta.get("general.architecture")

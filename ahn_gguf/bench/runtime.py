@@ -50,6 +50,7 @@ import numpy as np
 from ahn_gguf import constants as C
 from ahn_gguf import reports
 from ahn_gguf.reports import ReportFiles, save_figure
+from ahn_gguf.vocab import write_tokenizer
 
 from . import parsed_defaults
 
@@ -134,10 +135,10 @@ def _write_untrained_ahn(folder: Path, base_cfg: dict, window: int, sinks: int, 
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     cfg = fixtures.ahn_config(base_cfg, C.GDN, window, sinks)
-    fixtures._write_json(tmp / "config.json", cfg)
-    gen = fixtures._generator(seed, folder.name)
+    fixtures.write_json(tmp / "config.json", cfg)
+    gen = fixtures.tensor_generator(seed, folder.name)
     tensors = fixtures.ahn_tensors(base_cfg, C.GDN, range(base_cfg["num_hidden_layers"]), gen)
-    save_file(fixtures._bf16(tensors), tmp / "model.safetensors", metadata={"format": "pt"})
+    save_file(fixtures.as_bf16(tensors), tmp / "model.safetensors", metadata={"format": "pt"})
     tmp.rename(folder)
     return folder
 
@@ -155,7 +156,8 @@ def smollm2_model(window: int, sinks: int, log: Callable[[str], None] = print) -
     trained sidecar of this package when present, else an untrained (random) one."""
     import hashlib
 
-    from ahn_gguf.fixtures import read_gguf_metadata, smollm2_gguf
+    from ahn_gguf.gguf_file import read_metadata as read_gguf_metadata
+    from ahn_gguf.sdist import smollm2_gguf
     from ahn_gguf.smollm2 import hf_config
 
     base = smollm2_gguf()
@@ -203,9 +205,9 @@ def qwen05_model(window: int, sinks: int, outtype: str = "q4_k_m", log: Callable
 
             tmp = root / "hf-base.tmp"
             tmp.mkdir(parents=True, exist_ok=True)
-            fixtures._write_json(tmp / "config.json", cfg)
-            fixtures.write_tokenizer(tmp, "qwen2")
-            tensors = fixtures._bf16(fixtures.base_tensors(cfg, fixtures._generator(0, "qwen2.5-0.5b-random")))
+            fixtures.write_json(tmp / "config.json", cfg)
+            write_tokenizer(tmp, "qwen2")
+            tensors = fixtures.as_bf16(fixtures.base_tensors(cfg, fixtures.tensor_generator(0, "qwen2.5-0.5b-random")))
             save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
             del tensors
             tmp.rename(base_dir)
