@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import UsageError
+
 # --- variants -----------------------------------------------------------------------------
 
 GDN = "GatedDeltaNet"
@@ -33,7 +35,7 @@ def canonical_variant(name: str) -> str:
     key = name.replace("-", "").replace("_", "").lower()
     if key in VARIANT_ALIASES:
         return VARIANT_ALIASES[key]
-    raise ValueError(f"unknown AHN variant {name!r}; expected one of {', '.join(VARIANTS)}")
+    raise UsageError(f"unknown AHN variant {name!r}; expected one of {', '.join(VARIANTS)}")
 
 
 # --- Hugging Face config.json keys (the released AHN checkpoints) ----------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from .errors import MissingFileError
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_AHN_SIDECAR = DATA_DIR / "smollm2-135m-ahn-gdn.gguf"
 DEFAULT_TRAINING_LOG = DATA_DIR / "smollm2-135m-ahn-gdn.training-log.json"   # `ahn-gguf distill`'s log of its run
@@ -20,7 +22,7 @@ def default_model_path() -> Path:
     from ahn_gguf.sdist import cache_dir
 
     if not DEFAULT_AHN_SIDECAR.is_file():
-        raise FileNotFoundError(f"the default AHN ({DEFAULT_AHN_SIDECAR}) is missing from this installation")
+        raise MissingFileError(f"the default AHN ({DEFAULT_AHN_SIDECAR}) is missing from this installation")
     tag = hashlib.sha256(DEFAULT_AHN_SIDECAR.read_bytes()).hexdigest()[:12]
     out = cache_dir() / "models" / f"SmolLM2-135M-Instruct.Q4_1.ahn-gdn-{tag}.gguf"
     if not out.is_file():

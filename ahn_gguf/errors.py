@@ -13,3 +13,19 @@ class AHNModelError(AHNError, ValueError):
 
 class GGUFFormatError(AHNModelError):
     """A file that is not a well-formed GGUF."""
+
+
+class UsageError(AHNError, ValueError):
+    """An option, argument or setting that cannot be used (a wrong value, a missing companion option)."""
+
+
+class MissingFileError(AHNError, FileNotFoundError):
+    """A file or folder the user named (or an installation must hold) is not there."""
+
+
+class ExistingOutputError(AHNError, FileExistsError):
+    """An output that would overwrite earlier work (a run's checkpoint) without being asked to."""
+
+
+class SetupError(AHNError, ImportError):
+    """The installation lacks a piece (the patched llama-cpp-python, an optional dependency)."""

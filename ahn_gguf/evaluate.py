@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from . import constants as C
+from .errors import UsageError
 from .reports import save_figure
 
 MODES = ("full", "window", "ahn", "matched")
@@ -62,7 +63,7 @@ def matched_window(window: int, sinks: int, kv_bytes_per_token: int, gate_bytes_
     without AHN gets for the bytes an AHN context of window W and S sinks holds (its gates are
     cached for each of the S + W live cells). Never more bytes than the AHN's."""
     if kv_bytes_per_token <= 0:
-        raise ValueError("K/V bytes per token must be > 0")
+        raise UsageError("K/V bytes per token must be > 0")
     extra = state_bytes + gate_bytes_per_token * (sinks + window)
     return window + extra // kv_bytes_per_token
 FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ")
@@ -119,7 +120,7 @@ class ReferenceEngine(Engine):
         self.model = load_reference(self.base, ahn, window=window, sinks=sinks).eval()
         cfg = self.model.config
         if cfg.window is None:
-            raise ValueError("no window W: pass --window (the model has no AHN config giving one)")
+            raise UsageError("no window W: pass --window (the model has no AHN config giving one)")
         self.window, self.sinks = cfg.window, cfg.sinks
         self.n_ctx_train = cfg.max_position_embeddings
         self.chunk = chunk
@@ -134,11 +135,11 @@ class ReferenceEngine(Engine):
     def score(self, ids, mode: str):
         torch = self.torch
         if mode == "ahn" and not self.model.has_ahn:
-            raise ValueError("mode 'ahn' needs an AHN: pass --ahn AHN_DIR")
+            raise UsageError("mode 'ahn' needs an AHN: pass --ahn AHN_DIR")
         window = self.window
         if mode == "matched":
             if self.matched is None:
-                raise ValueError("mode 'matched' with the reference engine needs --matched-window W' "
+                raise UsageError("mode 'matched' with the reference engine needs --matched-window W' "
                                  "(the GGUF engine computes it from the runtime's memory accounting)")
             mode, window = "window", self.matched
         x = torch.as_tensor(np.asarray(ids), dtype=torch.long)[None]
@@ -168,7 +169,7 @@ class GGUFEngine(Engine):
         self.path = str(model_path)
         info = check_gguf_file(self.path)
         if info.arch not in C.BASE_FOR_ARCH:
-            raise ValueError(f"{model_path}: architecture {info.arch!r} has no AHN (expected one of "
+            raise UsageError(f"{model_path}: architecture {info.arch!r} has no AHN (expected one of "
                              f"{', '.join(C.BASE_FOR_ARCH)}); convert or attach an AHN first")
         self.arch = info.arch
         self.window = window if window is not None else info.ahn_window
@@ -219,7 +220,7 @@ class GGUFEngine(Engine):
         ids = [int(t) for t in ids]
         n = len(ids)
         if n > self.n_ctx:
-            raise ValueError(f"{n} tokens exceed the context {self.n_ctx}")
+            raise UsageError(f"{n} tokens exceed the context {self.n_ctx}")
         n_vocab = llm.n_vocab()
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
         batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
@@ -298,7 +299,7 @@ def passkey_prompt(engine: Engine, length: int, rng: np.random.Generator) -> tup
     filler = engine.tokenize(FILLER)
     n_fill = length - len(intro) - len(needle) - len(question) - len(answer)
     if n_fill < 8:
-        raise ValueError(f"context {length} is too short for the passkey prompt")
+        raise UsageError(f"context {length} is too short for the passkey prompt")
     reps = filler * (n_fill // len(filler) + 1)
     depth = int(n_fill * rng.uniform(0.1, 0.5))
     ids = intro + reps[:depth] + needle + reps[depth:n_fill] + question + answer
@@ -324,7 +325,7 @@ def run_eval(engine: Engine, sequences, *, lengths, modes=None, passkey_trials: 
     max_len = max(lengths)
     for ids in (s for _, s in sequences):
         if len(ids) < max_len:
-            raise ValueError(f"a sequence has {len(ids)} tokens, fewer than the longest context {max_len}")
+            raise UsageError(f"a sequence has {len(ids)} tokens, fewer than the longest context {max_len}")
     sums = {m: {c: 0.0 for c in lengths} for m in modes}
     counts = {c: 0 for c in lengths}
     bar = tqdm(total=len(sequences) * len(modes), desc="perplexity", disable=not progress, file=sys.stderr)
@@ -394,7 +395,7 @@ def merge_previous(res: EvalResult, previous: dict) -> list[str]:
             and previous.get("matched_window") in (None, res.matched_window)
             and [int(c) for c in previous["lengths"]] == res.lengths and previous["documents"] == res.documents)
     if not same:
-        raise ValueError("--reuse: the earlier result has another window, sinks, lengths or documents")
+        raise UsageError("--reuse: the earlier result has another window, sinks, lengths or documents")
     taken = []
     for m in MODES:
         if m in res.ppl or m not in previous["ppl"] or m == "ahn":   # only what does not depend on the AHN
@@ -530,7 +531,7 @@ def heldout_token_sequences(engine: Engine, source: str | None, length: int, max
         if max_docs and len(out) >= max_docs:
             break
     if not out:
-        raise ValueError(f"no evaluation document has {length} tokens; lower --max-ctx")
+        raise UsageError(f"no evaluation document has {length} tokens; lower --max-ctx")
     prov = dict(prov, split=("evaluation-only source: every document >= 32k characters" if eval_only
                              else split_documents(docs).describe()))
     return out, prov
@@ -572,14 +573,14 @@ def _run(args) -> int:
     modes = tuple(m.strip() for m in (args.modes or "").split(",") if m.strip())
     bad = [m for m in modes if m not in MODES]
     if bad:
-        raise ValueError(f"unknown modes {bad}; expected {', '.join(MODES)}")
+        raise UsageError(f"unknown modes {bad}; expected {', '.join(MODES)}")
     if args.engine == "reference":
         engine = ReferenceEngine(args.model, args.ahn, window=args.window, sinks=args.sinks, threads=args.threads,
                                  matched=args.matched_window)
         max_ctx = args.max_ctx or engine.n_ctx_train
     else:
         if args.ahn:
-            raise ValueError("--ahn is for --engine reference; a GGUF carries its AHN (ahn-gguf attach)")
+            raise UsageError("--ahn is for --engine reference; a GGUF carries its AHN (ahn-gguf attach)")
         if args.max_ctx is None:
             from .gguf_file import read_metadata as read_gguf_metadata
 
@@ -592,7 +593,7 @@ def _run(args) -> int:
     lengths = ([int(x) for x in args.lengths.split(",")] if args.lengths
                else context_lengths(engine.window, engine.sinks, max_ctx))
     if max(lengths) > max_ctx:
-        raise ValueError(f"length {max(lengths)} exceeds --max-ctx {max_ctx}")
+        raise UsageError(f"length {max(lengths)} exceeds --max-ctx {max_ctx}")
     t0 = time.time()
     sequences, prov = heldout_token_sequences(engine, args.data, max(lengths), args.docs or None)
     res = run_eval(engine, sequences, lengths=lengths, modes=modes or None, passkey_trials=args.passkey_trials,

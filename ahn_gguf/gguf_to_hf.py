@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UsageError
+
 PROVENANCE_FILE = "ahn-gguf-provenance.json"
 
 # GGUF tensor name (after "blk.N.") -> HF name (after "model.layers.N.")
@@ -91,7 +93,7 @@ def hf_config(meta: dict) -> dict:
         return {"architectures": ["Qwen2ForCausalLM"], **common, "initializer_range": 0.02,
                 "max_window_layers": meta[f"{arch}.block_count"], "model_type": "qwen2",
                 "sliding_window": meta[f"{arch}.context_length"], "use_sliding_window": False}
-    raise ValueError(f"architecture {arch!r}: only llama and qwen2 GGUFs can be made into a base folder")
+    raise UsageError(f"architecture {arch!r}: only llama and qwen2 GGUFs can be made into a base folder")
 
 
 def dequantized_tensors(path: Path) -> tuple[dict, dict]:
@@ -118,14 +120,14 @@ def dequantized_tensors(path: Path) -> tuple[dict, dict]:
         elif t.name.startswith("blk."):
             _, bid, rest = t.name.split(".", 2)
             if rest not in layer_names:
-                raise ValueError(f"{path}: unexpected tensor {t.name}")
+                raise UsageError(f"{path}: unexpected tensor {t.name}")
             if arch == "llama" and rest == "attn_q.weight":
                 w = _reverse_permute(w, cfg["num_attention_heads"])
             elif arch == "llama" and rest == "attn_k.weight":
                 w = _reverse_permute(w, cfg["num_key_value_heads"])
             out[f"model.layers.{bid}.{layer_names[rest]}"] = w
         else:
-            raise ValueError(f"{path}: unexpected tensor {t.name}")
+            raise UsageError(f"{path}: unexpected tensor {t.name}")
     if "lm_head.weight" in out:
         cfg["tie_word_embeddings"] = False
     return out, cfg

@@ -25,15 +25,17 @@ from ahn_gguf import constants as C
 from ahn_gguf.errors import AHNModelError
 from ahn_gguf.gguf_check import check_gguf_file
 
+from .errors import SetupError
+
 
 def import_patched_llama_cpp():
     """The installed `llama_cpp`, checked to be the AHN-patched build."""
     try:
         import llama_cpp
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("llama_cpp is not installed: run `ahn-gguf build` to build the patched llama-cpp-python") from e
+        raise SetupError("llama_cpp is not installed: run `ahn-gguf build` to build the patched llama-cpp-python") from e
     if not hasattr(llama_cpp, "llama_ahn_get_memory_info"):
-        raise ImportError(
+        raise SetupError(
             "the installed llama_cpp is not the AHN-patched build (no llama_ahn_get_memory_info): "
             "run `ahn-gguf build` to build and install it"
         )
@@ -104,20 +106,10 @@ class Llama(_base_llama()):  # type: ignore[misc]
             model_path = default_model_path()
         model_path = str(model_path)
 
-        info = check_gguf_file(model_path)  # clear errors for non-GGUF, truncated, inconsistent files
-        self.ahn_arch = info.arch if info.arch in C.BASE_FOR_ARCH else None
-
-        if self.ahn_arch is None:
-            if ahn_window is not None or ahn_sinks is not None:
-                raise AHNModelError(f"{model_path}: architecture {info.arch!r} has no AHN; ahn_window/ahn_sinks do not apply")
-        else:
-            overrides = dict(kwargs.pop("kv_overrides", None) or {})
-            window = ahn_window if ahn_window is not None else info.ahn_window
-            sinks = ahn_sinks if ahn_sinks is not None else info.ahn_sinks
-            _check_window(window, sinks, kwargs.get("n_ctx", 512))
-            overrides[C.KEY_WINDOW.format(arch=self.ahn_arch)] = int(window)
-            overrides[C.KEY_SINKS.format(arch=self.ahn_arch)] = int(sinks)
-            kwargs["kv_overrides"] = overrides
+        ahn = ahn_overrides(model_path, ahn_window, ahn_sinks, kwargs.get("n_ctx", 512))
+        self.ahn_arch = ahn.arch
+        if ahn.arch is not None:
+            kwargs["kv_overrides"] = dict(kwargs.pop("kv_overrides", None) or {}, **ahn.kv_overrides())
             for name in ("type_k", "type_v"):
                 t = kwargs.get(name)
                 if t is not None and t not in _KV_TYPES_OK:
@@ -173,6 +165,40 @@ class Llama(_base_llama()):  # type: ignore[misc]
             gate_bytes_per_cell=info.gate_bytes_per_cell,
             state_bytes_per_seq=info.state_bytes_per_seq,
         )
+
+
+@dataclass(frozen=True)
+class AHNOverrides:
+    """The window and sinks a model runs with: the GGUF's, or the caller's, checked (`ahn_overrides`)."""
+
+    arch: str | None        # the AHN architecture (qwen2ahn, llamaahn); None: a model without AHN
+    window: int | None
+    sinks: int | None
+
+    def kv_overrides(self) -> dict[str, int]:
+        """As llama-cpp-python's `kv_overrides` argument."""
+        if self.arch is None:
+            return {}
+        return {C.KEY_WINDOW.format(arch=self.arch): int(self.window), C.KEY_SINKS.format(arch=self.arch): int(self.sinks)}
+
+    def override_args(self) -> list[str]:
+        """As llama.cpp's `--override-kv KEY=int:VALUE` strings (llama-server, llama-cli, ...)."""
+        return [f"{k}=int:{v}" for k, v in self.kv_overrides().items()]
+
+
+def ahn_overrides(model_path: str | os.PathLike, window: int | None, sinks: int | None, n_ctx: int) -> AHNOverrides:
+    """The one place where a model's AHN window and sinks are resolved and checked, for the Python
+    API (`Llama`) and both server engines: the GGUF is checked first (clear errors for non-GGUF,
+    truncated, inconsistent files), W and S default to its own, and must fit n_ctx."""
+    info = check_gguf_file(str(model_path))
+    if info.arch not in C.BASE_FOR_ARCH:
+        if window is not None or sinks is not None:
+            raise AHNModelError(f"{model_path}: architecture {info.arch!r} has no AHN; the window and sinks do not apply")
+        return AHNOverrides(None, None, None)
+    window = window if window is not None else info.ahn_window
+    sinks = sinks if sinks is not None else info.ahn_sinks
+    _check_window(window, sinks, n_ctx)
+    return AHNOverrides(info.arch, int(window), int(sinks))
 
 
 def _check_window(window: int | None, sinks: int | None, n_ctx: int) -> None:

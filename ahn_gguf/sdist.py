@@ -24,6 +24,8 @@ from pathlib import Path
 
 from ahn_gguf.errors import AHNError
 
+from .errors import SetupError
+
 SDIST_NAME = "llama-cpp-python"
 SDIST_VERSION = "0.3.36"
 SDIST_FILENAME = f"llama_cpp_python-{SDIST_VERSION}.tar.gz"
@@ -217,7 +219,7 @@ def import_gguf_py():
     if mod is not None:
         if Path(getattr(mod, "__file__", "")).resolve().is_relative_to(root.resolve()):
             return mod
-        raise ImportError(
+        raise SetupError(
             f"another `gguf` module is already imported ({mod.__file__}); the pinned gguf-py "
             f"from {root} cannot be imported beside it"
         )

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from .atomic import write_text
+from .errors import UsageError
 from .gguf_file import read_metadata
 from .sdist import extract_member, smollm2_gguf
 
@@ -70,7 +71,7 @@ def tokenizer_from_gguf(meta: dict, extra_tokens=(), user_defined: bool = False)
     pre = meta["tokenizer.ggml.pre"]
     tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
     if meta.get("tokenizer.ggml.model") != "gpt2":
-        raise ValueError(f"not a byte-level BPE vocabulary: tokenizer.ggml.model {meta.get('tokenizer.ggml.model')!r}")
+        raise UsageError(f"not a byte-level BPE vocabulary: tokenizer.ggml.model {meta.get('tokenizer.ggml.model')!r}")
     # the BPE model holds the normal tokens; SmolLM-style vocabularies also keep their
     # control tokens at the front of it (their ids are < the first normal token's)
     first_normal = types.index(_NORMAL)
@@ -94,7 +95,7 @@ def tokenizer_from_gguf(meta: dict, extra_tokens=(), user_defined: bool = False)
         tk.post_processor = processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True)
         tk.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
     else:
-        raise ValueError(f"unsupported pre-tokenizer {pre!r} (fixtures know qwen2, smollm, starcoder)")
+        raise UsageError(f"unsupported pre-tokenizer {pre!r} (fixtures know qwen2, smollm, starcoder)")
     kinds = (_CONTROL, _USER_DEFINED) if user_defined else (_CONTROL,)
     added = [(tok, ty == _CONTROL) for tok, ty in zip(tokens, types) if ty in kinds]
     added += list(extra_tokens)

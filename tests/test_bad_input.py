@@ -163,7 +163,7 @@ def test_sidecar_for_another_base(fixtures_root, tmp_path):
 
 def test_state_from_another_model(tiny, tmp_path, fixtures_root):
     """A llama state (and a chat session) saved with one model cannot be loaded into another."""
-    from ahn_gguf.chat import ChatSession, ChatStateError
+    from ahn_gguf.cli.chat import ChatSession, ChatStateError
 
     other = convert_fixture(fixtures_root, tmp_path, "llama", "gdn", "f16")
     a = _load(tiny)

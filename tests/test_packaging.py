@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-INFERENCE_MODULES = ("ahn_gguf", "ahn_gguf.cli", "ahn_gguf.runtime", "ahn_gguf.chat", "ahn_gguf.serve", "ahn_gguf.session",
-                     "ahn_gguf.run_cli", "ahn_gguf.build", "ahn_gguf.default_model", "ahn_gguf.convert")
+INFERENCE_MODULES = ("ahn_gguf", "ahn_gguf.cli", "ahn_gguf.runtime", "ahn_gguf.cli.chat", "ahn_gguf.cli.serve", "ahn_gguf.session",
+                     "ahn_gguf.cli.run", "ahn_gguf.build", "ahn_gguf.default_model", "ahn_gguf.convert")
 
 
 def _run(cmd, **kw):

@@ -191,7 +191,7 @@ def test_conversations_alternate_without_reevaluation(tiny, record_property):
     """A, B, A through the server app: the returning A turn is a cache hit, ~ the cost of continuing."""
     from starlette.testclient import TestClient
 
-    from ahn_gguf.serve import create_server_app
+    from ahn_gguf.cli.serve import create_server_app
 
     args = Namespace(model=str(tiny), host="127.0.0.1", port=0, window=None, sinks=None, n_ctx=8192, threads=1, n_gpu_layers=0,
                      model_alias=None, api_key=None, max_body_bytes=1 << 20, max_tokens_limit=64, max_prompt_tokens=None,

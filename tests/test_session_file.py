@@ -62,7 +62,7 @@ def test_save_load_continues_exactly(models, tmp_path):
 
 
 def test_crafted_pickle_is_not_executed(models, tmp_path):
-    from ahn_gguf.chat import ChatSession
+    from ahn_gguf.cli.chat import ChatSession
     from ahn_gguf.session import SessionFileError
 
     marker = tmp_path / "pwned"

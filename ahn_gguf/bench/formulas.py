@@ -39,6 +39,7 @@ import numpy as np
 from ahn_gguf import reports
 from ahn_gguf.reports import ReportFiles
 
+from ..errors import UsageError
 from . import parsed_defaults
 
 PAPER_SINKS, PAPER_WINDOW = 128, 32640
@@ -331,7 +332,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
     if args.runtime:
         for name in [m for m in args.runtime_models.split(",") if m]:
             if name not in QWEN25:
-                raise ValueError(f"unknown model {name!r}; expected one of {', '.join(QWEN25)}")
+                raise UsageError(f"unknown model {name!r}; expected one of {', '.join(QWEN25)}")
             path = build_shape_gguf(name, QWEN25[name], window=W, sinks=S, log=log)
             t1 = time.perf_counter()
             result["runtime"][name] = runtime_memory(path, sinks=S, window=W, n_ctx=RUNTIME_N_CTX,

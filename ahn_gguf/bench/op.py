@@ -37,6 +37,7 @@ import numpy as np
 from ahn_gguf import constants, native, reports
 from ahn_gguf.reports import ReportFiles
 
+from ..errors import UsageError
 from . import parsed_defaults
 
 # (H, H_kv, d, layers) of the base models the AHN checkpoints target
@@ -222,7 +223,7 @@ def run(args: argparse.Namespace) -> dict:
     kernels = args.kernels.split(",") if args.kernels else native.available_kernels()
     for k in kernels:
         if k not in native.available_kernels():
-            raise ValueError(f"kernel {k!r} not available here (have: {', '.join(native.available_kernels())})")
+            raise UsageError(f"kernel {k!r} not available here (have: {', '.join(native.available_kernels())})")
     use_cuda = args.cuda == "on" or (args.cuda == "auto" and native.cuda_device_present() and native.nvcc_path())
     llc = last_level_cache_bytes()
     result: dict = {
@@ -237,7 +238,7 @@ def run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(0)
     for model in args.models.split(","):
         if model not in MODELS:
-            raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+            raise UsageError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
         shape = MODELS[model]
         for sc in _scenarios(shape, llc, args.prefill_tokens):
             layers = [make_layer_inputs(rng, variant, shape, sc["n_seqs"], sc["n_tokens"]) for _ in range(sc["layers_run"])]
@@ -355,7 +356,7 @@ def default_args(**overrides: Any) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     if args.threads < 1:
-        raise ValueError("--threads must be >= 1")
+        raise UsageError("--threads must be >= 1")
     result = run(args)
     md, js = write_report(result, Path(args.out))
     print(markdown(result))

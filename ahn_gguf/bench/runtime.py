@@ -52,6 +52,7 @@ from ahn_gguf import reports
 from ahn_gguf.reports import ReportFiles, save_figure
 from ahn_gguf.vocab import write_tokenizer
 
+from ..errors import UsageError
 from . import parsed_defaults
 
 # --- modes ------------------------------------------------------------------------------------
@@ -350,7 +351,7 @@ def run_pass(model: BenchModel, mode: Mode, prompt: list[int], checkpoints: list
                 while llm.n_tokens < L:
                     chunk = prompt[pos: pos + min(n_batch, L - llm.n_tokens)]
                     if not chunk:
-                        raise ValueError(f"prompt too short for checkpoint {L}")
+                        raise UsageError(f"prompt too short for checkpoint {L}")
                     t0 = time.perf_counter()
                     llm.eval(chunk)
                     prefill_s += time.perf_counter() - t0
@@ -622,12 +623,12 @@ def run_model(model: BenchModel, args: argparse.Namespace, bandwidth: float, log
 def prepare_models(args: argparse.Namespace, log: Callable[[str], None]) -> list[BenchModel]:
     if args.stock or args.ahn:
         if not (args.stock and args.ahn and args.window):
-            raise ValueError("--stock, --ahn and --window go together")
+            raise UsageError("--stock, --ahn and --window go together")
         return [model_from_paths("custom", args.stock, args.ahn, args.window, args.sinks)]
     out = []
     for name in [m for m in args.models.split(",") if m]:
         if name not in MODEL_DEFAULTS:
-            raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_DEFAULTS)}")
+            raise UsageError(f"unknown model {name!r}; expected one of {', '.join(MODEL_DEFAULTS)}")
         d = MODEL_DEFAULTS[name]
         W = args.window or (d["quick_window"] if args.quick else d["window"])
         if name == "smollm2-135m":
@@ -996,7 +997,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"wrote {md}, {js}")
         return 0
     if args.threads < 1 or args.decode_tokens < 1 or args.repeats < 1:
-        raise ValueError("--threads, --decode-tokens and --repeats must be >= 1")
+        raise UsageError("--threads, --decode-tokens and --repeats must be >= 1")
     _apply_quick(args)
     result = run(args)
     result["command"] = _command_line(args)

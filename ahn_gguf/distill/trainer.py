@@ -33,6 +33,7 @@ import numpy as np
 
 from ..atomic import atomic_output, write_text
 from ..constants import HF_AHN_IMPLEMENTATION, HF_NUM_ATTN_SINKS, HF_SLIDING_WINDOW, canonical_variant
+from ..errors import ExistingOutputError, MissingFileError, UsageError
 
 LOG_JSON = "training-log.json"
 LOG_CSV = "training-log.csv"
@@ -82,17 +83,17 @@ class DistillConfig:
         self.variant = canonical_variant(self.variant)
         for name in ("seq_len", "batch_size", "steps", "window", "threads"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.warmup < 1:
-            raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+            raise UsageError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         if self.default_sinks < 0:
-            raise ValueError(f"default sinks must be >= 0, got {self.default_sinks}")
+            raise UsageError(f"default sinks must be >= 0, got {self.default_sinks}")
         self.spans, self.sinks = tuple(sorted(set(self.spans))), tuple(sorted(set(self.sinks)))
         allowed_spans(self.spans, self.seq_len)  # raises if none fits
         if self.val_every < 0 or self.val_sequences < 0:
-            raise ValueError("val_every and val_sequences must be >= 0")
+            raise UsageError("val_every and val_sequences must be >= 0")
         if self.val_every and self.val_sequences and self.window + self.default_sinks >= self.seq_len:
-            raise ValueError(f"the validation batch is scored at the default S + W = {self.default_sinks + self.window}, "
+            raise UsageError(f"the validation batch is scored at the default S + W = {self.default_sinks + self.window}, "
                              f"which leaves no position of a {self.seq_len}-token sequence to score: raise --seq-len")
         return self
 
@@ -101,7 +102,7 @@ def allowed_spans(spans, seq_len: int) -> tuple[int, ...]:
     """Spans kept within (L/8, L) (docs/AHN-SPEC.md); at least one must remain."""
     kept = tuple(s for s in spans if seq_len / 8 < s < seq_len)
     if not kept:
-        raise ValueError(f"no span in {list(spans)} lies within (L/8, L) = ({seq_len / 8:g}, {seq_len}): "
+        raise UsageError(f"no span in {list(spans)} lies within (L/8, L) = ({seq_len / 8:g}, {seq_len}): "
                          f"choose spans for sequence length {seq_len}")
     return kept
 
@@ -171,7 +172,7 @@ def resolve_base(base: str) -> Path:
     path = Path(base)
     if not (path / "config.json").is_file():
         names = ", ".join(f"'{k}' ({v[1]})" for k, v in NAMED_BASES.items() if v[1])
-        raise FileNotFoundError(f"{base}: not a Hugging Face model folder (no config.json); named bases: {names}")
+        raise MissingFileError(f"{base}: not a Hugging Face model folder (no config.json); named bases: {names}")
     return path
 
 
@@ -224,10 +225,10 @@ class Distiller:
         self.out = Path(cfg.out_dir)
         self.ckpt_path = self.out / CHECKPOINT_DIR / CHECKPOINT_FILE
         if not resume and self.ckpt_path.is_file():
-            raise FileExistsError(f"{self.ckpt_path} exists: pass --resume to continue that run, "
+            raise ExistingOutputError(f"{self.ckpt_path} exists: pass --resume to continue that run, "
                                   f"or choose another output folder")
         if resume and not self.ckpt_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt_path}")
+            raise MissingFileError(f"--resume: no checkpoint at {self.ckpt_path}")
         self.device = torch.device(cfg.device)
         base_dir = resolve_base(cfg.base)
 
@@ -308,13 +309,13 @@ class Distiller:
             got = canonical_variant(read_config(source).get(HF_AHN_IMPLEMENTATION, ""))
             tensors = {k: v.float() for k, v in read_tensors(source).items() if is_ahn_key(k)}
         if got != self.cfg.variant:
-            raise ValueError(f"--init-from {source}: an AHN of variant {got}, this run trains {self.cfg.variant}")
+            raise UsageError(f"--init-from {source}: an AHN of variant {got}, this run trains {self.cfg.variant}")
         want = {k: v.shape for k, v in model.state_dict().items() if is_ahn_key(k)}
         unused = {k for k in want if k.endswith(".D")}        # GDN's D: unused by the math, not in a GGUF
         bad = sorted((set(want) - unused) ^ (set(tensors) - unused)) or \
             sorted(k for k in tensors if tuple(tensors[k].shape) != tuple(want[k]))
         if bad:
-            raise ValueError(f"--init-from {source}: its AHN tensors do not fit this model: {bad[:4]}")
+            raise UsageError(f"--init-from {source}: its AHN tensors do not fit this model: {bad[:4]}")
         model.load_state_dict(tensors, strict=False)
 
     def validate_now(self) -> dict:
@@ -464,14 +465,14 @@ class Distiller:
                  "val_every", "val_sequences", "window", "default_sinks", "init_from")
         diff = [k for k in fixed if saved.get(k) != now.get(k)]
         if diff:
-            raise ValueError("the checkpoint was made with other settings: "
+            raise UsageError("the checkpoint was made with other settings: "
                              + ", ".join(f"{k} {saved.get(k)!r} (now {now.get(k)!r})" for k in diff))
         if saved.get("steps") != now.get("steps"):
-            raise ValueError(f"the checkpoint's run has {saved.get('steps')} steps (its schedule depends on "
+            raise UsageError(f"the checkpoint's run has {saved.get('steps')} steps (its schedule depends on "
                              f"them); resume with --steps {saved.get('steps')}")
         missing = self.model.load_state_dict(state["ahn"], strict=False)
         if missing.unexpected_keys:
-            raise ValueError(f"checkpoint AHN tensors not in the model: {missing.unexpected_keys[:4]}")
+            raise UsageError(f"checkpoint AHN tensors not in the model: {missing.unexpected_keys[:4]}")
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.data.load_state_dict(state["data"])

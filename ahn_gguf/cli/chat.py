@@ -18,6 +18,8 @@ from pathlib import Path
 from ahn_gguf.errors import AHNError
 from ahn_gguf.session import SessionFileError, load_session, save_session
 
+from .model_args import add_model_arguments
+
 HELP = """commands:
   /reset        forget the conversation (and the AHN memory)
   /save FILE    save the session (conversation and model state) to FILE
@@ -124,12 +126,7 @@ def register(sub, name: str, help_text: str) -> None:
         epilog="examples:\n  ahn-gguf chat\n  ahn-gguf chat model.gguf --window 2048 --sinks 64 --threads 4",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", nargs="?", help="AHN GGUF (default: the embedded SmolLM2 + AHN)")
-    p.add_argument("--window", type=int, help="AHN window W (default: from the GGUF)")
-    p.add_argument("--sinks", type=int, help="AHN sink tokens S (default: from the GGUF)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads")
-    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU (CUDA builds)")
-    p.add_argument("--n-ctx", type=int, default=65536, help="position limit of the conversation; costs no memory with an AHN (default: %(default)s)")
+    add_model_arguments(p, n_ctx=65536, n_ctx_help="position limit of the conversation")
     p.add_argument("--max-tokens", type=int, default=256, help="longest reply (default: %(default)s)")
     p.add_argument("--temp", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
     p.add_argument("--system", help="system prompt")

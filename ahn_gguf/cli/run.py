@@ -12,7 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-DEMO_DOCUMENT = Path(__file__).resolve().parent / "data" / "demo-document.txt"
+from ahn_gguf.default_model import DATA_DIR
+from ahn_gguf.errors import MissingFileError, UsageError
+
+from .model_args import add_model_arguments
+
+DEMO_DOCUMENT = DATA_DIR / "demo-document.txt"
 DEMO_QUESTION = "In two sentences: what is this document about, and what does it say at its very beginning?"
 
 
@@ -33,15 +38,10 @@ def register(sub, name: str, help_text: str) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", nargs="?", help="AHN GGUF (default: the embedded SmolLM2 + AHN)")
+    add_model_arguments(p, n_ctx=32768, n_ctx_help="position limit")
     p.add_argument("-p", "--prompt", help="the question or instruction (default: a question about the document)")
     p.add_argument("--file", type=Path, help="a text document to read before the prompt (default: the bundled demo document when no prompt is given)")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens to generate (default: %(default)s)")
-    p.add_argument("--window", type=int, help="AHN window W (default: from the GGUF)")
-    p.add_argument("--sinks", type=int, help="AHN sink tokens S (default: from the GGUF)")
-    p.add_argument("--n-ctx", type=int, default=32768, help="position limit; costs no memory with an AHN (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)")
-    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU (CUDA builds)")
     p.add_argument("--temp", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="plain completion instead of the model's chat template")
@@ -54,7 +54,7 @@ def main(args) -> int:
     document = None
     if args.file is not None:
         if not args.file.is_file():
-            raise FileNotFoundError(f"--file: no such file: {args.file}")
+            raise MissingFileError(f"--file: no such file: {args.file}")
         document = args.file.read_text(errors="replace")
     elif args.prompt is None:
         document = DEMO_DOCUMENT.read_text()
@@ -81,7 +81,7 @@ def main(args) -> int:
 
         template = llm.metadata.get("tokenizer.chat_template")
         if template is None:
-            raise ValueError("the model has no chat template; use --raw")
+            raise UsageError("the model has no chat template; use --raw")
         eos = llm.detokenize([llm.token_eos()]).decode(errors="ignore")
         bos = llm.detokenize([llm.token_bos()]).decode(errors="ignore")
         fmt = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
@@ -89,7 +89,7 @@ def main(args) -> int:
         prompt_tokens = llm.tokenize(rendered.encode(), add_bos=False, special=True)
 
     if len(prompt_tokens) + args.max_tokens > args.n_ctx:
-        raise ValueError(f"prompt ({len(prompt_tokens)} tokens) + --max-tokens exceed --n-ctx {args.n_ctx}")
+        raise UsageError(f"prompt ({len(prompt_tokens)} tokens) + --max-tokens exceed --n-ctx {args.n_ctx}")
 
     print(f"model: {llm.model_path}")
     if llm.has_ahn:

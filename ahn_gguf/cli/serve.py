@@ -23,8 +23,9 @@ import os
 import shlex
 from pathlib import Path
 
-from ahn_gguf import constants as C
 from ahn_gguf.errors import AHNError
+
+from .model_args import add_model_arguments
 
 COMPLETION_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
 DEFAULT_MAX_BODY_BYTES = 8 << 20
@@ -53,14 +54,9 @@ def register(sub, name: str, help_text: str) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", nargs="?", help="AHN GGUF (default: the embedded SmolLM2 + AHN)")
+    add_model_arguments(p, n_ctx=32768, n_ctx_help="position limit per conversation")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 exposes the server)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
-    p.add_argument("--window", type=int, help="AHN window W (default: from the GGUF)")
-    p.add_argument("--sinks", type=int, help="AHN sink tokens S (default: from the GGUF)")
-    p.add_argument("--n-ctx", type=int, default=32768, help="position limit per conversation; costs no memory with an AHN (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads")
-    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU (CUDA builds)")
     p.add_argument("--model-alias", default=None, help="model name reported by /v1/models (default: the file name)")
     p.add_argument("--api-key", default=os.environ.get("AHN_GGUF_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on every request (default: $AHN_GGUF_API_KEY, else none)")
@@ -87,23 +83,15 @@ def register(sub, name: str, help_text: str) -> None:
 def model_overrides(args) -> tuple[str, bool, list[str]]:
     """The model to serve (default: the embedded one), validated, whether it has an AHN, and its window/sink
     overrides as llama.cpp's KEY=int:VALUE strings (both engines take them in this form)."""
-    from ahn_gguf.gguf_check import check_gguf_file
-    from ahn_gguf.runtime import _check_window
+    from ahn_gguf.runtime import ahn_overrides
 
     model = args.model
     if model is None:
         from ahn_gguf.default_model import default_model_path
 
         model = str(default_model_path())
-    info = check_gguf_file(model)
-    if info.arch not in C.BASE_FOR_ARCH:
-        if args.window is not None or args.sinks is not None:
-            raise AHNError(f"{model}: architecture {info.arch!r} has no AHN; --window/--sinks do not apply")
-        return model, False, []
-    window = args.window if args.window is not None else info.ahn_window
-    sinks = args.sinks if args.sinks is not None else info.ahn_sinks
-    _check_window(window, sinks, args.n_ctx)
-    return model, True, [f"{C.KEY_WINDOW.format(arch=info.arch)}=int:{window}", f"{C.KEY_SINKS.format(arch=info.arch)}=int:{sinks}"]
+    ahn = ahn_overrides(model, args.window, args.sinks, args.n_ctx)
+    return model, ahn.arch is not None, ahn.override_args()
 
 
 def build_settings(args):
