@@ -19,6 +19,7 @@ exactly), so the same tolerances apply.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -201,8 +202,26 @@ def test_kernel_names(kernels):
             assert "avx2" in kernels
 
 
-def test_library_is_cached():
-    assert native.build_library() == native.build_library()
+def test_library_is_cached(tmp_path, monkeypatch):
+    """The second build_library() compiles nothing: a compiler wrapper logs every compile, the cache
+    starts empty, and the library file is the same file (same inode, same mtime) afterwards."""
+    import shutil
+    import stat
+
+    real = shutil.which(os.environ.get("CC", "cc"))
+    log = tmp_path / "compiles.log"
+    wrapper = tmp_path / "cc-logging"
+    wrapper.write_text(f'#!/bin/sh\ncase " $* " in *" -c "*|*" -shared "*) echo "$*" >> {log};; esac\nexec {real} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("AHN_GGUF_CACHE", str(tmp_path / "cache"))   # native.cache_dir() = $AHN_GGUF_CACHE/native
+    first = native.build_library(str(wrapper))
+    compiles = log.read_text().splitlines()
+    assert len(compiles) == len(native.c_sources()) + 1          # every source, then the link
+    before = first.stat()
+    second = native.build_library(str(wrapper))
+    assert second == first and log.read_text().splitlines() == compiles   # no compiler run
+    after = second.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
 def test_cdef_mirrors_header():
