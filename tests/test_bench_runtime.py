@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from runtime_support import convert_fixture
 
-from ahn_gguf.bench import cli, formulas, op, runtime
+from ahn_gguf.bench import cli, formulas, models, op, runtime, runtime_measure
 
 pytestmark = pytest.mark.llama
 
@@ -45,7 +45,7 @@ def test_bench_runtime_report(tiny_pair, tmp_path, monkeypatch):
     (mr,) = result["models"]
     assert mr["checkpoints"] == [8, 16, 32, 64]
     assert list(mr["modes"]) == [runtime.STOCK, runtime.STOCK_FA, runtime.WINDOW, runtime.AHN, runtime.COMPOSED]
-    mb = runtime.model_bytes(stock)
+    mb = runtime_measure.model_bytes(stock)
     per_cell = mb.kv_bytes_per_cell_f16
 
     for name, m in mr["modes"].items():
@@ -125,7 +125,7 @@ def test_formulas_reproduce_the_paper():
 
 def test_shape_only_gguf_memory_matches_formula(tmp_path, monkeypatch):
     """The shape-only builder on a small shape: ahn_memory() per-cell sizes are the formula's."""
-    monkeypatch.setattr(runtime, "bench_models_dir", lambda: tmp_path)
+    monkeypatch.setattr(models, "bench_models_dir", lambda: tmp_path)
     shape = formulas.Shape(n_layer=2, D=256, H=4, H_kv=2, d=64, ffn=0, vocab=0, tied=True)
     path = formulas.build_shape_gguf("tiny", shape, window=32, sinks=4, log=lambda s: None)
     m = formulas.runtime_memory(path, sinks=4, window=32, n_ctx=4096, n_ubatch=64, threads=1)
@@ -146,7 +146,7 @@ def test_bench_cli_registers_runtime_formulas_all():
     assert a.runtime is False and callable(a.func)
     a = parser.parse_args(["bench", "all", "--quick"])
     assert a.quick and callable(a.func)
-    assert math.isclose(runtime.checkpoints_for(1024, [0.5, 16])[-1], 16384)
+    assert math.isclose(runtime_measure.checkpoints_for(1024, [0.5, 16])[-1], 16384)
 
 
 def test_8w_target_reports_its_ceiling(tmp_path):

@@ -274,7 +274,7 @@ def _write_base_gguf(s: Shape, name: str, out: Path) -> None:
 def build_shape_gguf(name: str, s: Shape, *, window: int = PAPER_WINDOW, sinks: int = PAPER_SINKS,
                      log: Callable[[str], None] = print) -> Path:
     """qwen2ahn + GDN GGUF with `name`'s real layers / heads / head dim / hidden (cached)."""
-    from ahn_gguf.bench.runtime import _write_untrained_ahn, bench_models_dir
+    from ahn_gguf.bench.models import bench_models_dir, write_untrained_ahn
     from ahn_gguf.convert import attach
 
     root = bench_models_dir() / f"shape-{name.lower()}-v{SHAPE_VERSION}"
@@ -287,7 +287,7 @@ def build_shape_gguf(name: str, s: Shape, *, window: int = PAPER_WINDOW, sinks: 
     base = root / "base-q4_1.tmp.gguf"
     _write_base_gguf(s, name, base)
     try:
-        folder = _write_untrained_ahn(root / "hf-ahn-gdn", hf_config(s, window, sinks), window, sinks)
+        folder = write_untrained_ahn(root / "hf-ahn-gdn", hf_config(s, window, sinks), window, sinks)
         attach(base, str(folder), out, source_base=f"{name} shape only", force=True, progress=False)
     finally:
         base.unlink(missing_ok=True)
