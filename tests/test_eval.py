@@ -60,6 +60,9 @@ def test_eval_table_has_the_four_modes(ref_engine, tmp_path):
     assert "gap closed by AHN" in md and "AHN - matched" in md and "W' = 24" in md and "Passkey" in md
     assert json.loads(paths["json"].read_text())["window"] == 16
     assert paths["png"].stat().st_size > 1000
+    # a report name with dots (a model file's stem) keeps them: "x.Q4_1" is not a suffix to replace
+    dotted = ev.write_report(res, tmp_path / "eval-model.Q4_1.ahn-gdn", "fixture eval")
+    assert [p.name for p in dotted.values()] == [f"eval-model.Q4_1.ahn-gdn.{e}" for e in ("md", "json", "png")]
 
 
 def test_one_pass_gives_every_shorter_length(ref_engine):
