@@ -1,7 +1,8 @@
 """The one place where AHN names are spelled: variants, config keys, GGUF keys, tensor names.
 
-The converter, the runtime, the tests and the llama.cpp patches (checked by a test that
-reads patches/) all take their names from here.
+The converter, the runtime, the tests and the llama.cpp patches all take their names from here;
+tests/test_names.py reads patches/llama.cpp/ (and native/) and fails when the names or the epsilons
+declared there differ from the ones below.
 """
 
 from __future__ import annotations
@@ -81,7 +82,17 @@ KEY_BASE_N_HEAD = "ahn.base.head_count"       # u32
 KEY_BASE_N_HEAD_KV = "ahn.base.head_count_kv" # u32
 KEY_BASE_HEAD_DIM = "ahn.base.head_dim"       # u32
 
-AHN_NORM_EPS = 1e-5  # readout RMSNorm eps (docs/AHN-SPEC.md, output path)
+# --- epsilons (docs/AHN-SPEC.md), the one place in Python; tests/test_names.py checks them ------------
+
+# readout RMSNorm eps (output path): the default of KEY_NORM_EPS; must equal the default of
+# llama_hparams::ahn_norm_eps in patches/llama.cpp (0004, src/llama-hparams.h)
+AHN_NORM_EPS = 1e-5
+# L2 norm of q and k, GDN/DN (fla's l2norm at the commit AHN uses): x / sqrt(sum x^2 + eps), eps
+# inside the sqrt; must equal AHN_L2_EPS_DELTA in native/ahn_memory_common.h
+AHN_L2_EPS_DELTA = 1e-6
+# L2 norm of q and k, Mamba2 (torch F.normalize): x / max(||x||, eps); must equal
+# AHN_L2_EPS_MAMBA2 in native/ahn_memory_common.h
+AHN_L2_EPS_MAMBA2 = 1e-12
 
 # the largest window accepted anywhere (converter, runtime): far beyond any trained AHN
 MAX_WINDOW = 1 << 24

@@ -173,8 +173,8 @@ class TorchStep:
 
     def _l2(self, x):
         if self.variant == constants.MAMBA2:
-            return self.torch.nn.functional.normalize(x, dim=-1)
-        return x * self.torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-6)
+            return self.torch.nn.functional.normalize(x, dim=-1, eps=constants.AHN_L2_EPS_MAMBA2)
+        return x * self.torch.rsqrt((x * x).sum(-1, keepdim=True) + constants.AHN_L2_EPS_DELTA)
 
     def __call__(self) -> Any:
         torch = self.torch

@@ -12,12 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..constants import AHN_NORM_EPS, DN, GDN, MAMBA2, VARIANTS
-
-# GDN/DN (fla's l2norm at the commit AHN uses): x / sqrt(sum x^2 + eps), eps inside the sqrt
-DELTA_L2_EPS = 1e-6
-# Mamba2: torch F.normalize, x / max(||x||, eps)
-MAMBA2_L2_EPS = 1e-12
+from ..constants import AHN_L2_EPS_DELTA, AHN_L2_EPS_MAMBA2, AHN_NORM_EPS, DN, GDN, MAMBA2, VARIANTS
 
 
 def check_variant(variant: str) -> str:
@@ -30,8 +25,8 @@ def l2norm(variant: str, x: torch.Tensor) -> torch.Tensor:
     """The variant's L2 normalisation of q and k over the last (head) dimension."""
     x = x.float()
     if variant == MAMBA2:
-        return F.normalize(x, dim=-1, eps=MAMBA2_L2_EPS)
-    return x / torch.sqrt((x * x).sum(-1, keepdim=True) + DELTA_L2_EPS)
+        return F.normalize(x, dim=-1, eps=AHN_L2_EPS_MAMBA2)                   # x / max(||x||, eps)
+    return x / torch.sqrt((x * x).sum(-1, keepdim=True) + AHN_L2_EPS_DELTA)   # eps inside the sqrt
 
 
 def read_scale(variant: str, head_dim: int) -> float:
