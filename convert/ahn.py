@@ -472,5 +472,5 @@ def hf_tensors_from_gguf(path: str | Path) -> tuple[str, dict[str, np.ndarray]]:
             arr = np.asarray(payload.tensors[t.gguf.format(bid=bid)], dtype=np.float32)
             if t.transpose_heads:
                 arr = arr.transpose(0, 2, 1)
-            out[HF_AHN_PREFIX.format(bid=bid) + t.hf] = np.ascontiguousarray(arr)
+            out[HF_AHN_PREFIX.format(bid=bid) + t.hf] = np.array(arr, dtype=np.float32, order="C")  # a writable copy
     return payload.variant, out
