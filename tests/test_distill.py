@@ -216,6 +216,23 @@ def test_resume_refuses_other_settings_and_a_fresh_run_refuses_a_checkpoint(fixt
         Distiller(small_config(fixtures_root, text_folder, tmp_path / "none", steps=3), resume=True)
 
 
+def test_resume_on_another_machine_may_switch_bf16_and_spell_out_the_default_data(fixtures_root, tmp_path,
+                                                                                 monkeypatch):
+    """A run started on the CPU continues on a GPU in bf16 (ahn_gguf.distill.gpu passes the mixture by
+    name): bf16 and `data=None` vs the default mixture spelled out do not block the resume."""
+    from ahn_gguf import data
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"d{i}.txt").write_text(" ".join(["alpha beta gamma delta"] * 300) + "\n")
+    monkeypatch.setattr(data, "TRAIN_MIXTURE", str(folder))      # the default mixture, without downloads
+    Distiller(small_config(fixtures_root, folder, tmp_path / "r", steps=2, data=None, val_every=0)).run(stop_after=1)
+    resumed = Distiller(small_config(fixtures_root, folder, tmp_path / "r", steps=2, data=str(folder), bf16=True,
+                                     val_every=0), resume=True)
+    assert resumed.step == 1 and resumed.run().records[-1]["step"] == 2
+
+
 def test_distill_command_line(fixtures_root, text_folder, tmp_path, capsys):
     from ahn_gguf.cli import main
 

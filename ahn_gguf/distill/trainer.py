@@ -459,10 +459,15 @@ class Distiller:
         state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
         saved = dict(state["config"])
         now = _jsonable(asdict(self.cfg))
-        # settings that change the computation must match; steps, checkpointing, threads may differ
+        # settings that change the run must match; steps, checkpointing, threads, the device and bf16
+        # autocast of the base's matmuls may differ (a run started on the CPU continues on a GPU in bf16)
         fixed = ("variant", "seq_len", "batch_size", "lr", "weight_decay", "warmup", "min_lr_ratio", "clip",
-                 "spans", "sinks", "fa_layer_ids", "data", "seed", "o_proj_std", "bf16", "max_sequences",
+                 "spans", "sinks", "fa_layer_ids", "data", "seed", "o_proj_std", "max_sequences",
                  "val_every", "val_sequences", "window", "default_sinks", "init_from")
+        from ..data import TRAIN_MIXTURE
+
+        for cfg_dict in (saved, now):   # no --data means the default mixture, spelled out or not
+            cfg_dict["data"] = cfg_dict.get("data") or TRAIN_MIXTURE
         diff = [k for k in fixed if saved.get(k) != now.get(k)]
         if diff:
             raise UsageError("the checkpoint was made with other settings: "
