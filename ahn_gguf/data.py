@@ -74,9 +74,6 @@ class DebianText:
     kind: str            # "prose" or "code"
     eval_only: bool      # never trained on: a domain the AHN has not seen, for evaluation only
 
-    def describe(self) -> str:
-        return f"{self.name}: {self.package} {self.version}, {self.member}/**/*{'|'.join(self.suffixes)} ({self.license})"
-
 
 # Every source is Debian bookworm main. The training text is the Python documentation (English prose
 # with code) and the Python standard library's sources (code); the two evaluation-only sources are

@@ -234,7 +234,7 @@ class Distiller:
 
         # data: each source's documents -> split (held-out documents never enter training) -> packed
         # sequences; a few per source set aside as the fixed validation batch
-        from ..data import TRAIN_MIXTURE, load_mixture, pack, tokenize
+        from ..data import TRAIN_MIXTURE, load_mixture, training_sequences
 
         tokenizer = load_tokenizer(base_dir)
         train_rows, val_rows, data_prov = [], [], {"sources": {}}
@@ -242,7 +242,7 @@ class Distiller:
         mixture = load_mixture(cfg.data or TRAIN_MIXTURE, training=True)
         for name, docs, prov in mixture:
             split = split_documents(docs)
-            seqs = pack(tokenize(split.train, tokenizer), cfg.seq_len)
+            seqs = training_sequences(split, tokenizer, cfg.seq_len)
             n_val = min(cfg.val_sequences, len(seqs) // 2) if cfg.val_every else 0
             picked = np.random.default_rng([cfg.seed, 424_242]).choice(len(seqs), n_val, replace=False) if n_val else []
             keep = np.ones(len(seqs), dtype=bool)
