@@ -128,7 +128,7 @@ def stage(pack: Path, work: Path) -> tuple[dict, list[str]]:
     missing = []
     for name, info in manifest["files"].items():
         dest = work / "pieces" / name
-        if dest.is_file() and dest.stat().st_size == info["bytes"]:
+        if dest.is_file() and sha256_file(dest) == info["sha256"]:   # staged by an earlier call
             continue
         src = pack / name
         if not src.is_file():
