@@ -1,7 +1,7 @@
 """The one place where AHN names are spelled: variants, config keys, GGUF keys, tensor names.
 
 The converter, the runtime, the tests and the llama.cpp patches all take their names from here;
-tests/test_names.py reads patches/llama.cpp/ (and native/) and fails when the names or the epsilons
+tests/llama_cpp/test_names.py reads patches/llama.cpp/ (and native/) and fails when the names or the epsilons
 declared there differ from the ones below.
 """
 
@@ -82,7 +82,7 @@ KEY_BASE_N_HEAD = "ahn.base.head_count"       # u32
 KEY_BASE_N_HEAD_KV = "ahn.base.head_count_kv" # u32
 KEY_BASE_HEAD_DIM = "ahn.base.head_dim"       # u32
 
-# --- epsilons (docs/AHN-SPEC.md), the one place in Python; tests/test_names.py checks them ------------
+# --- epsilons (docs/AHN-SPEC.md), the one place in Python; tests/llama_cpp/test_names.py checks them ------------
 
 # readout RMSNorm eps (output path): the default of KEY_NORM_EPS; must equal the default of
 # llama_hparams::ahn_norm_eps in patches/llama.cpp (0004, src/llama-hparams.h)

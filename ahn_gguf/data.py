@@ -52,7 +52,7 @@ import numpy as np
 
 from ahn_gguf.errors import AHNError
 
-from .sdist import cache_dir, sha256_file
+from .build.pins import cache_dir, sha256_file
 
 HELDOUT_MIN_CHARS = 32_000        # ~8k SmolLM2 tokens: long enough for the longest eval context
 HELDOUT_FRACTION = 0.12           # of the long documents (stable hash of the path)

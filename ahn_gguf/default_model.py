@@ -19,15 +19,15 @@ DEFAULT_TRAINING_LOG = DATA_DIR / "smollm2-135m-ahn-gdn.training-log.json"   # `
 
 def default_model_path() -> Path:
     """Path of the merged default model, built in the cache on first use."""
-    from ahn_gguf.sdist import cache_dir
+    from ahn_gguf.build.pins import cache_dir
 
     if not DEFAULT_AHN_SIDECAR.is_file():
         raise MissingFileError(f"the default AHN ({DEFAULT_AHN_SIDECAR}) is missing from this installation")
     tag = hashlib.sha256(DEFAULT_AHN_SIDECAR.read_bytes()).hexdigest()[:12]
     out = cache_dir() / "models" / f"SmolLM2-135M-Instruct.Q4_1.ahn-gdn-{tag}.gguf"
     if not out.is_file():
+        from ahn_gguf.build.pins import SMOLLM2_GGUF_MEMBER, SMOLLM2_WHEEL, smollm2_gguf
         from ahn_gguf.convert import attach
-        from ahn_gguf.sdist import SMOLLM2_GGUF_MEMBER, SMOLLM2_WHEEL, smollm2_gguf
 
         out.parent.mkdir(parents=True, exist_ok=True)
         base = Path(smollm2_gguf())

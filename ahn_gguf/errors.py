@@ -29,3 +29,11 @@ class ExistingOutputError(AHNError, FileExistsError):
 
 class SetupError(AHNError, ImportError):
     """The installation lacks a piece (the patched llama-cpp-python, an optional dependency)."""
+
+
+class ConversionError(AHNError, ValueError):
+    """A checkpoint, GGUF file or option the converter refuses; the message names the problem.
+
+    Raised during validation, before any output is written (the output is written to a
+    temporary file and renamed at the end, so a later failure leaves nothing behind either).
+    """

@@ -164,7 +164,7 @@ class GGUFEngine(Engine):
 
     def __init__(self, model_path: str | Path, *, n_ctx: int, window: int | None = None,
                  sinks: int | None = None, threads: int = 2, n_batch: int = 512):
-        from .gguf_check import check_gguf_file
+        from .gguf_io.check import check_gguf_file
 
         self.path = str(model_path)
         info = check_gguf_file(self.path)
@@ -582,7 +582,7 @@ def _run(args) -> int:
         if args.ahn:
             raise UsageError("--ahn is for --engine reference; a GGUF carries its AHN (ahn-gguf attach)")
         if args.max_ctx is None:
-            from .gguf_file import read_metadata as read_gguf_metadata
+            from .gguf_io.header import read_metadata as read_gguf_metadata
 
             meta = read_gguf_metadata(args.model)
             arch = meta.get("general.architecture")

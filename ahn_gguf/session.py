@@ -71,7 +71,7 @@ def _describe(settings: tuple[int, int, int]) -> str:
 
 def save_session(llm, path: str | os.PathLike, app_data: dict[str, Any] | None = None) -> int:
     """Write llm's state (and `app_data`, JSON-serialisable) to `path` atomically; returns the file size."""
-    from ahn_gguf.convert.gguf_io import atomic_output
+    from ahn_gguf.gguf_io.contents import atomic_output
 
     state = llm.save_state()
     n_tokens = int(state.n_tokens)

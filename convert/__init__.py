@@ -12,7 +12,7 @@ written; outputs appear only complete (temporary file + rename).
 Command line: `ahn-gguf convert --help`, `ahn-gguf attach --help` (module `cli`).
 """
 
-from .errors import ConversionError
+from ahn_gguf.errors import ConversionError
 
 __all__ = ["ConversionError", "attach", "convert", "convert_ahn_only"]
 

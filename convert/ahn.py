@@ -48,9 +48,8 @@ from ahn_gguf.constants import (
     VARIANTS,
     ahn_param_count,
 )
-
-from .errors import ConversionError
-from .gguf_io import KV, VT, GGUFContents, TensorEntry, gguf
+from ahn_gguf.errors import ConversionError
+from ahn_gguf.gguf_io.contents import KV, VT, GGUFContents, TensorEntry, gguf
 
 log = logging.getLogger("ahn_gguf.convert")
 
@@ -461,7 +460,7 @@ def _scan_folder(folder: Path, want) -> tuple[dict[str, tuple[int, ...]], dict]:
 def hf_tensors_from_gguf(path: str | Path) -> tuple[str, dict[str, np.ndarray]]:
     """(variant, {checkpoint name: float32 array}) of an AHN sidecar GGUF (validated by `from_sidecar`):
     the inverse of `from_hf`'s mapping, for a warm start of distillation from a shipped AHN."""
-    from .gguf_io import read_gguf
+    from ahn_gguf.gguf_io.contents import read_gguf
 
     payload = AHNPayload.from_sidecar(read_gguf(path))
     out = {}

@@ -124,8 +124,9 @@ def setup_logging(verbose: bool) -> None:
 
 def _run_convert(args) -> int:
     setup_logging(args.verbose)
+    from ahn_gguf.errors import ConversionError
+
     from . import pipeline
-    from .errors import ConversionError
 
     progress = not args.no_progress
     if args.ahn_only:

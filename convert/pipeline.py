@@ -15,10 +15,10 @@ import logging
 from pathlib import Path
 
 from ahn_gguf.constants import ARCH_FOR_BASE, BASE_FOR_ARCH
+from ahn_gguf.errors import ConversionError
+from ahn_gguf.gguf_io.contents import KV, VT, GGUFContents, check_output, gguf, read_gguf, removing, temp_path, write_gguf
 
 from .ahn import AHNPayload, BaseShape, check_window_sinks
-from .errors import ConversionError
-from .gguf_io import KV, VT, GGUFContents, check_output, gguf, read_gguf, removing, temp_path, write_gguf
 from .quantize import canonical_outtype, patched_llama_cpp, quantize
 from .sources import resolve_checkpoint
 from .stock import STOCK_OUTTYPES, inference_mode, stock_contents, stock_model, write_stock

@@ -13,8 +13,9 @@ import ctypes
 import logging
 from pathlib import Path
 
-from .errors import ConversionError
-from .gguf_io import gguf
+from ahn_gguf.errors import ConversionError
+from ahn_gguf.gguf_io.contents import gguf
+
 from .stock import STOCK_OUTTYPES
 
 log = logging.getLogger("ahn_gguf.convert")

@@ -6,7 +6,7 @@ import logging
 import re
 from pathlib import Path
 
-from .errors import ConversionError
+from ahn_gguf.errors import ConversionError
 
 log = logging.getLogger("ahn_gguf.convert")
 

@@ -17,11 +17,11 @@ import contextlib
 import sys
 from pathlib import Path
 
-from ahn_gguf.sdist import extract_member, import_gguf_py
+from ahn_gguf.build.pins import extract_member, import_gguf_py
+from ahn_gguf.errors import ConversionError
+from ahn_gguf.gguf_io.contents import KV, GGUFContents, TensorEntry
 
 from .ahn import hf_architectures
-from .errors import ConversionError
-from .gguf_io import KV, GGUFContents, TensorEntry
 
 # output types the stock converter writes itself (its --outtype), as gguf.LlamaFileType names
 STOCK_OUTTYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}

@@ -1,11 +1,12 @@
 /*
- * ahn_memory.c - runtime choice of the kernel, and argument checks.
+ * ahn_memory.c - runtime choice of the kernel, and the argument check (ahn_memory_check.h + pointers).
  *
  * The kernels (ahn_memory_scalar.c and one file per instruction set) are compiled
  * separately with their own flags; this file needs no special flags. The best kernel
  * for the running CPU is chosen once, at the first call, and reused.
  */
 #include "ahn_memory.h"
+#include "ahn_memory_check.h"
 #include "ahn_memory_common.h"
 #include "ahn_memory_kernels.h"
 
@@ -117,42 +118,10 @@ int ahn_memory_step_named(const char * name, const struct ahn_memory_args * args
     return -1;
 }
 
-static int is_multiple(size_t x, size_t of) { return x % of == 0; }
-
-static size_t dtype_size(int32_t type) {
-    return type == AHN_DTYPE_F16 ? 2 : type == AHN_DTYPE_F32 ? 4 : 0;
-}
-
 const char * ahn_memory_check_args(const struct ahn_memory_args * a) {
-    if (!a) return "args is NULL";
-    if (a->variant != AHN_VARIANT_GDN && a->variant != AHN_VARIANT_DN && a->variant != AHN_VARIANT_MAMBA2) {
-        return "unknown variant";
-    }
-    if (a->d < 1 || a->d > AHN_MAX_D) return "head dim d must be in 1..256";
-    if (a->n_head < 1 || a->n_head_kv < 1) return "n_head and n_head_kv must be >= 1";
-    if (a->n_head % a->n_head_kv != 0) return "n_head must be a multiple of n_head_kv";
-    if (a->n_tokens < 0 || a->n_seqs < 0) return "n_tokens and n_seqs must be >= 0";
-    if (a->kv_size < 1) return "kv_size must be >= 1";
-    const size_t k_el = dtype_size(a->k_type), v_el = dtype_size(a->v_type);
-    if (!k_el || !v_el) return "K and V must be F32 or F16";
+    const char * msg = ahn_memory_check_layout(a);
+    if (msg) return msg;
     if ((size_t) a->n_tokens * (size_t) a->n_seqs == 0) return NULL; /* nothing to do, nothing read */
-
     if (!a->k || !a->v || !a->gates || !a->idx || !a->q || !a->state || !a->out) return "a data pointer is NULL";
-    for (int i = 0; i < 4; i++) {
-        if (a->k_nb[i] == 0 || !is_multiple(a->k_nb[i], k_el)) return "K strides must be non-zero multiples of the element size";
-        if (a->v_nb[i] == 0 || !is_multiple(a->v_nb[i], v_el)) return "V strides must be non-zero multiples of the element size";
-    }
-    if (!is_multiple((size_t) a->k, k_el) || !is_multiple((size_t) a->v, v_el)) return "K / V are not aligned to their element size";
-    for (int i = 0; i < 3; i++) {
-        if (a->gates_nb[i] == 0 || !is_multiple(a->gates_nb[i], sizeof(float))) return "gate strides must be non-zero multiples of 4";
-    }
-    if (a->q_nb[0] != sizeof(float)) return "q dims must be contiguous (q_nb[0] == 4)";
-    for (int i = 1; i < 4; i++) {
-        if (!is_multiple(a->q_nb[i], sizeof(float))) return "q strides must be multiples of 4";
-    }
-    if (!is_multiple((size_t) a->q, 4) || !is_multiple((size_t) a->gates, 4) || !is_multiple((size_t) a->state, 4) ||
-        !is_multiple((size_t) a->out, 4) || !is_multiple((size_t) a->idx, 4)) {
-        return "q, gates, state, out and idx must be 4-byte aligned";
-    }
     return NULL;
 }

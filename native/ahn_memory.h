@@ -17,7 +17,7 @@
  * so a row of the stored matrix is one value dimension, and every step above is
  * a per-row operation (scale, dot with k^, axpy with k^, dot with q^).
  *
- * L2 norms (AHN-SPEC): GDN/DN  x / sqrt(sum x^2 + 1e-6)
+ * L2 norms (docs/AHN-SPEC.md): GDN/DN  x / sqrt(sum x^2 + 1e-6)
  *                      Mamba2  x / max(||x||, 1e-12)       (torch F.normalize)
  * scale: GDN/DN 1/sqrt(d); Mamba2 1.
  *
@@ -50,6 +50,9 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* largest head dim a kernel accepts: k^, q^ and v live in fixed stack buffers of this size */
+#define AHN_MAX_D 256
 
 enum ahn_variant {
     AHN_VARIANT_GDN    = 0,
@@ -105,7 +108,8 @@ const char * ahn_memory_kernel_name(void);
  * compiled in or not supported by this CPU, -2 if it cannot handle args (e.g. d). */
 int ahn_memory_step_named(const char * name, const struct ahn_memory_args * args, int ith, int nth);
 
-/* Checks args for consistency; returns NULL if valid, else a static message. */
+/* Checks args for consistency (ahn_memory_check_layout of ahn_memory_check.h, then the data
+ * pointers); returns NULL if valid, else a static message. */
 const char * ahn_memory_check_args(const struct ahn_memory_args * args);
 
 #ifdef __cplusplus

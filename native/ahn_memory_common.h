@@ -14,10 +14,7 @@
 #include <stdint.h>
 #include <string.h>
 
-/* largest head dim a kernel accepts: k^, q^ and v live in fixed stack buffers of this size */
-#define AHN_MAX_D 256
-
-/* L2-norm epsilons (AHN-SPEC): fla's l2norm puts 1e-6 inside the sqrt; torch F.normalize
+/* L2-norm epsilons (docs/AHN-SPEC.md): fla's l2norm puts 1e-6 inside the sqrt; torch F.normalize
  * (Mamba2) clamps the norm at 1e-12 */
 #define AHN_L2_EPS_DELTA   1e-6f
 #define AHN_L2_EPS_MAMBA2  1e-12f

@@ -1,5 +1,5 @@
 /*
- * ahn_memory_scalar.c - the plain kernel: AHN-SPEC written out loop by loop, any d <= 256.
+ * ahn_memory_scalar.c - the plain kernel: docs/AHN-SPEC.md written out loop by loop, any d <= 256.
  *
  * This is the reference inside native/: the SIMD and CUDA kernels are tested against it.
  * It does the write and the read as two separate passes over the state, exactly in the

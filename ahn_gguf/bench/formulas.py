@@ -213,8 +213,8 @@ def hf_config(s: Shape, window: int, sinks: int) -> dict:
 
 def _write_base_gguf(s: Shape, name: str, out: Path) -> None:
     """A stock qwen2 GGUF of this shape: tiny byte-level vocabulary, FFN 256, random Q4_1 weights."""
-    from ahn_gguf.convert.gguf_io import write_writer
-    from ahn_gguf.sdist import import_gguf_py
+    from ahn_gguf.build.pins import import_gguf_py
+    from ahn_gguf.gguf_io.contents import write_writer
 
     gguf = import_gguf_py()
     Q = gguf.GGMLQuantizationType

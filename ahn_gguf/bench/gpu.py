@@ -11,7 +11,8 @@ where the converter's dependencies are), and a manifest with their sha256.
 `python -m ahn_gguf.bench.gpu --from-pack DIR --out OUT` (there: stdlib + numpy only, no pip):
 1. builds llama-server, llama-perplexity and test-backend-ops with `GGML_CUDA=ON` for the GPU's
    own architecture only (nvidia-smi's compute capability), flash attention kernels included;
-2. CUDA correctness: `test-backend-ops -o AHN_MEMORY -b CUDA0` (the op against the CPU backend),
+2. CUDA correctness: `test-backend-ops -o AHN_MEMORY,AHN_MEMORY_CACHE_FUSION -b CUDA0` (the op, and the
+   op + the copy of its states into a cache, against the CPU backend),
    and whole-model parity on every fixture: llama-perplexity's KL divergence and top-1 agreement
    of the GPU run (all layers offloaded; fused op, then LLAMA_AHN_COMPOSED=1) and of the CPU copy
    state path (LLAMA_AHN_STATE_COPY=1) against the CPU in-place run;
@@ -26,7 +27,7 @@ where the converter's dependencies are), and a manifest with their sha256.
    OUT/bench-gpu.json` rewrites the report with its plot into reports/.
 
 The same pipeline runs on the CPU (`--cpu-check`: no build, an installed llama-server, a tiny
-shape and short lengths), which is how tests/test_bench_gpu.py checks everything but CUDA.
+shape and short lengths), which is how tests/bench/test_bench_gpu.py checks everything but CUDA.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ import numpy as np
 from ahn_gguf import reports
 from ahn_gguf.atomic import atomic_output, write_text
 from ahn_gguf.bench.formulas import QWEN25, Shape
+from ahn_gguf.build.pins import sha256_file
 from ahn_gguf.errors import AHNError
 from ahn_gguf.reports import ReportFiles, save_figure
-from ahn_gguf.sdist import sha256_file
 
 PACK_SOURCE = "llama.cpp-ahn.tar.xz"
 PACK_MANIFEST = "manifest.json"
@@ -215,11 +216,11 @@ def write_shaped_model(path: Path, shape: Shape, ahn: bool, seed: int = 0, windo
 
 def pack(out_dir: Path) -> dict:
     """The carried inputs of the GPU run (see the module docstring); returns the manifest."""
-    from ahn_gguf.build import BuildConfig, build_key, prepare_source
+    from ahn_gguf.build.llama_cpp import BuildConfig, build_key, prepare_source
 
     tests = Path(__file__).resolve().parents[2] / "tests"
     if not (tests / "tiny_model.py").is_file():
-        raise BenchGPUError("--pack runs from a checkout (it builds the parity fixtures with tests/tiny_model.py)")
+        raise BenchGPUError("--pack runs from a checkout (it builds the parity fixtures with tests/helpers/tiny_model.py)")
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = BuildConfig(cuda=True)
     key = build_key(cfg)
@@ -278,7 +279,7 @@ def gpu_arch() -> str:
 
 
 def build_command(src: Path, build: Path, arch: str | None, jobs: int) -> list[list[str]]:
-    from ahn_gguf.build import cpu_cmake_args
+    from ahn_gguf.build.llama_cpp import cpu_cmake_args
 
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
     cuda = ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={arch}"] if arch else []
@@ -307,7 +308,7 @@ def build_tools(pack_dir: Path, work: Path, arch: str | None, jobs: int, log: Pa
 
 
 def backend_ops(bin_dir: Path) -> dict:
-    proc = subprocess.run([str(bin_dir / "test-backend-ops"), "-o", "AHN_MEMORY", "-b", "CUDA0"],
+    proc = subprocess.run([str(bin_dir / "test-backend-ops"), "-o", "AHN_MEMORY,AHN_MEMORY_CACHE_FUSION", "-b", "CUDA0"],
                           capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     import re
@@ -434,7 +435,7 @@ def run(args: argparse.Namespace) -> dict:
     print(f"build: {result['build']}", flush=True)
     if gpu:
         result["backend_ops"] = backend_ops(bin_dir)
-        print(f"test-backend-ops AHN_MEMORY on CUDA0: {result['backend_ops']['passed']}/{result['backend_ops']['total']}", flush=True)
+        print(f"test-backend-ops AHN_MEMORY, AHN_MEMORY_CACHE_FUSION on CUDA0: {result['backend_ops']['passed']}/{result['backend_ops']['total']}", flush=True)
     fixtures = sorted((Path(args.from_pack) / PACK_FIXTURES).glob("*.gguf")) if args.from_pack else \
         [Path(p) for p in (args.fixtures or [])]
     result["parity"] = parity(bin_dir, fixtures, work, gpu, args.threads) if fixtures else []
@@ -503,7 +504,7 @@ def markdown(result: dict, plot_name: str | None = None) -> str:
                   f"{b['seconds']:.0f} s (build key {b['build_key']}).", ""]
     if "backend_ops" in result:
         bo = result["backend_ops"]
-        lines += [f"`test-backend-ops -o AHN_MEMORY -b CUDA0`: **{bo['passed']}/{bo['total']} passed**.", ""]
+        lines += [f"`test-backend-ops -o AHN_MEMORY,AHN_MEMORY_CACHE_FUSION -b CUDA0`: **{bo['passed']}/{bo['total']} passed**.", ""]
     if result["parity"]:
         lines += ["Whole-model parity, against the CPU run with the states updated in place (llama-perplexity "
                   "`--kl-divergence`, 256-token chunks, F16 K/V):", "",

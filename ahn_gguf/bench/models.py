@@ -56,7 +56,7 @@ MODELS_VERSION = 1
 
 
 def bench_models_dir() -> Path:
-    from ahn_gguf.sdist import cache_dir
+    from ahn_gguf.build.pins import cache_dir
 
     d = cache_dir() / "bench-models"
     d.mkdir(parents=True, exist_ok=True)
@@ -95,8 +95,8 @@ def smollm2_model(window: int, sinks: int, log: Callable[[str], None] = print) -
     trained sidecar of this package when present, else an untrained (random) one."""
     import hashlib
 
-    from ahn_gguf.gguf_file import read_metadata as read_gguf_metadata
-    from ahn_gguf.sdist import smollm2_gguf
+    from ahn_gguf.build.pins import smollm2_gguf
+    from ahn_gguf.gguf_io.header import read_metadata as read_gguf_metadata
     from ahn_gguf.smollm2 import hf_config
 
     base = smollm2_gguf()
@@ -150,9 +150,9 @@ def qwen05_model(window: int, sinks: int, outtype: str = "q4_k_m", log: Callable
             save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
             del tensors
             tmp.rename(base_dir)
-        from ahn_gguf.convert.gguf_io import atomic_output
         from ahn_gguf.convert.quantize import quantize
         from ahn_gguf.convert.stock import STOCK_OUTTYPES, inference_mode, stock_model, write_stock
+        from ahn_gguf.gguf_io.contents import atomic_output
 
         with atomic_output(stock) as tmp_out:
             if outtype in STOCK_OUTTYPES:

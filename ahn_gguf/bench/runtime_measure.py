@@ -83,7 +83,7 @@ class ModelBytes:
 
 
 def model_bytes(path: Path) -> ModelBytes:
-    from ahn_gguf.convert.gguf_io import read_gguf
+    from ahn_gguf.gguf_io.contents import read_gguf
 
     g = read_gguf(path)
     arch = g.arch
@@ -137,7 +137,7 @@ def _open(model: BenchModel, mode: Mode, n_ctx: int, n_batch: int, threads: int)
         return Llama(str(model.stock_path), **kw)
     kw.update(ahn_window=model.window, ahn_sinks=model.sinks)
     if not mode.memory:
-        from ahn_gguf.gguf_check import check_gguf_file
+        from ahn_gguf.gguf_io.check import check_gguf_file
 
         arch = check_gguf_file(str(model.ahn_path)).arch
         kw["kv_overrides"] = {C.KEY_MEMORY_ENABLED.format(arch=arch): False}

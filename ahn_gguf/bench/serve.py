@@ -254,7 +254,7 @@ def run_point(server: Server, prompts: list[list[int]], gen_tokens: int) -> dict
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ahn_gguf.gguf_check import check_gguf_file
+    from ahn_gguf.gguf_io.check import check_gguf_file
 
     binary = _llama_server(args.llama_server)
     ahn_model = args.ahn or str(_default_ahn())

@@ -16,7 +16,7 @@ from ahn_gguf.errors import AHNError
 
 # (subcommand, module, one-line help) — the module's register() adds the parser
 SUBCOMMANDS = [
-    ("build", "ahn_gguf.build", "build and install the patched llama-cpp-python (cached)"),
+    ("build", "ahn_gguf.build.llama_cpp", "build and install the patched llama-cpp-python (cached)"),
     ("convert", "ahn_gguf.convert.cli", "Hugging Face base + AHN checkpoint -> GGUF"),
     ("attach", "ahn_gguf.convert.cli", "merge an AHN sidecar GGUF into a base GGUF"),
     ("run", "ahn_gguf.cli.run", "generate from a prompt (default: the embedded SmolLM2 + AHN)"),

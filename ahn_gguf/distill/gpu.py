@@ -26,7 +26,7 @@ carries at most 64 MiB. So the run is prepared here and replayed there, in two h
    OUT/run: carried back, `ahn-gguf distill ... --resume` continues it here, or the next GPU call
    continues it there.
 
-tests/test_distill_gpu.py runs both halves on the CPU (--device cpu, a small text folder).
+tests/quality/test_distill_gpu.py runs both halves on the CPU (--device cpu, a small text folder).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ import time
 from pathlib import Path
 
 from ahn_gguf.atomic import atomic_output, write_bytes
+from ahn_gguf.build.pins import sha256_file
 from ahn_gguf.errors import AHNError
-from ahn_gguf.sdist import sha256_file
 
 MANIFEST = "manifest.json"
 GGUF_PIECE = "base.gguf.part{:02d}"
@@ -60,7 +60,7 @@ class GPUPackError(AHNError, RuntimeError):
 def make_pack(out: Path, data: str | None = None, piece_mib: int = 40) -> dict:
     """Write the pack (see the module docstring) and return its manifest."""
     from ahn_gguf import data as D
-    from ahn_gguf.sdist import extract_member
+    from ahn_gguf.build.pins import extract_member
     from ahn_gguf.smollm2 import gguf_path
 
     if not 1 <= piece_mib <= CARRY_LIMIT_MIB - 8:

@@ -15,7 +15,7 @@ exactly where the loss is taken (positions >= S + W, docs/AHN-SPEC.md "Training"
 - adds the AHN readout to the attention output before o_proj.
 
 This computes the same function as `ReferenceModel.forward(mode="ahn")` at positions >= P
-(tests/test_distill.py checks it), with the reference's own modules and functions.
+(tests/quality/test_distill.py checks it), with the reference's own modules and functions.
 
 Memory: the student's layers run under per-layer gradient checkpointing (optional), and the
 KL is taken in chunks of positions, each chunk's student logits recomputed in the backward

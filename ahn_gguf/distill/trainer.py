@@ -9,7 +9,7 @@ Everything a resumed run needs is in one checkpoint file, written atomically: th
 the optimiser and scheduler states, the data position, the step, the RNG states, and the log so
 far. The span of step n is drawn from a generator seeded by (seed, n), and the data order by
 (seed, epoch), so a run resumed from any checkpoint computes exactly the losses an uninterrupted
-run computes (tests/test_distill.py).
+run computes (tests/quality/test_distill.py).
 
 Output folder (`out_dir`): config.json + model.safetensors in the released AHN layout (written at
 every checkpoint too, so an interrupted run leaves a usable AHN), training-log.json (run settings,
@@ -178,7 +178,7 @@ def resolve_base(base: str) -> Path:
 
 def base_provenance(base_dir: Path) -> dict:
     prov = {"folder": str(base_dir)}
-    from ..gguf_to_hf import PROVENANCE_FILE
+    from ..gguf_io.to_hf import PROVENANCE_FILE
 
     if (base_dir / PROVENANCE_FILE).is_file():
         prov.update(json.loads((base_dir / PROVENANCE_FILE).read_text()))

@@ -24,6 +24,7 @@
 #pragma once
 
 #include "../ahn_memory.h"
+#include "../ahn_memory_check.h"
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -198,9 +199,10 @@ __global__ void __launch_bounds__(D) memory_step_kernel(const ahn_memory_args a)
 
 }  // namespace ahn_cuda
 
-// Can the CUDA kernel run these args? (d, grid limits, and float4 alignment of state)
+// Can the CUDA kernel run these args? The common layout checks, then d, grid limits, and the
+// float4 alignment of state (a NULL state, not yet allocated, passes: ggml aligns allocations)
 static bool ahn_memory_cuda_supported(const ahn_memory_args & a) {
-    return (a.d == 64 || a.d == 128) && a.n_head <= 65535 && a.n_seqs <= 65535 &&
+    return ahn_memory_check_layout(&a) == nullptr && (a.d == 64 || a.d == 128) && a.n_head <= 65535 && a.n_seqs <= 65535 &&
            a.variant >= AHN_VARIANT_GDN && a.variant <= AHN_VARIANT_MAMBA2 &&
            a.q_nb[0] == sizeof(float) && (reinterpret_cast<uintptr_t>(a.state) % 16) == 0;
 }

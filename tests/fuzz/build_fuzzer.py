@@ -22,8 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ahn_gguf.build import BuildConfig, BuildError, _run, build_key, cpu_cmake_args, prepare_source
-from ahn_gguf.sdist import cache_dir
+from ahn_gguf.build.llama_cpp import BuildConfig, BuildError, _run, build_key, cpu_cmake_args, prepare_source
+from ahn_gguf.build.pins import cache_dir
 
 HERE = Path(__file__).resolve().parent
 HARNESS = HERE / "load_model_fuzzer.cpp"

@@ -22,7 +22,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REGRESSIONS = HERE / "regressions"
-sys.path.insert(0, str(HERE.parent))   # tiny_model
+if __package__ in (None, ""):  # run as a script (the report): the repository root, for tests.helpers
+    sys.path.insert(0, str(HERE.parents[1]))
 
 FAMILIES = ("llama", "qwen2")
 _STATS = re.compile(r"#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)")
@@ -42,9 +43,8 @@ KNOWN = {
 
 def regression_inputs(work: Path) -> list[Path]:
     """The KNOWN inputs (built into `work`) and the raw files in regressions/."""
-    from tiny_model import ARCH, build_tiny_ahn_gguf
-
-    from ahn_gguf.convert.gguf_io import KV, VT, read_gguf, write_gguf
+    from ahn_gguf.gguf_io.contents import KV, VT, read_gguf, write_gguf
+    from tests.helpers.tiny_model import ARCH, build_tiny_ahn_gguf
 
     work.mkdir(parents=True, exist_ok=True)
     base = build_tiny_ahn_gguf(work / "base.gguf")
@@ -65,9 +65,8 @@ def regression_inputs(work: Path) -> list[Path]:
 
 def write_seed_corpus(folder: Path) -> Path:
     """One tiny AHN GGUF per base family and variant (~100 KB each)."""
-    from tiny_model import build_tiny_ahn_gguf
-
     from ahn_gguf import constants as C
+    from tests.helpers.tiny_model import build_tiny_ahn_gguf
 
     folder.mkdir(parents=True, exist_ok=True)
     for family in FAMILIES:
@@ -127,7 +126,7 @@ def run_campaign(fuzzer: Path, work: Path, *, seconds: int, seed: int = 1) -> di
 
 
 # what the fuzzers found while the loader was hardened (the history the report keeps; each is fixed in
-# patches/llama.cpp/0010 and replayed by KNOWN or by tests/test_bad_input.py)
+# patches/llama.cpp/0010 and replayed by KNOWN or by tests/hardening/test_bad_input.py)
 FINDINGS = [
     ("Python mutation fuzz (issue report)", "two equal token strings: GGML_ASSERT(id_to_token.size() == token_to_id.size()) "
      "in llama-vocab.cpp aborted the load", "load error naming both token ids; the Python pre-check rejects it first"),
@@ -143,7 +142,7 @@ FINDINGS = [
 
 
 def write_report(stats: dict, regressions: dict, out: Path, conditions: str = "") -> None:
-    from ahn_gguf.convert.gguf_io import atomic_output
+    from ahn_gguf.gguf_io.contents import atomic_output
 
     out.parent.mkdir(parents=True, exist_ok=True)
     data = {k: v for k, v in stats.items() if k != "log_tail"}
@@ -156,7 +155,7 @@ def write_report(stats: dict, regressions: dict, out: Path, conditions: str = ""
         "`python tests/fuzz/run_fuzz.py --seconds N --report reports/fuzz-loader`: the patched llama.cpp loader",
         "(tests/fuzz/load_model_fuzzer.cpp: load a GGUF from bytes; when it loads, create a context and decode",
         "a few tokens), from a seed corpus of tiny AHN models (Llama and Qwen2 bases, GDN / DN / Mamba2) with a",
-        "dictionary of GGUF names. CI runs the same harness for 180 s (tests/test_fuzz_loader.py).",
+        "dictionary of GGUF names. CI runs the same harness for 180 s (tests/hardening/test_fuzz_loader.py).",
         "",
         "| figure | value |",
         "| --- | --- |",

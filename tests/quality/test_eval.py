@@ -1,0 +1,171 @@
+"""`ahn-gguf eval` (ahn_gguf.evaluate): the table, the modes, the report files, both engines."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ahn_gguf import evaluate as ev
+from ahn_gguf.fixtures import LLAMA_BASE, ahn_folder
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def random_sequences(n, length, vocab, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(f"doc{i}", rng.integers(0, vocab, length).tolist()) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def ref_engine(fixtures_root):
+    return ev.ReferenceEngine(fixtures_root / LLAMA_BASE, fixtures_root / ahn_folder("llama", "GatedDeltaNet"),
+                              window=16, sinks=4, threads=1, matched=24)
+
+
+def test_matched_window_is_the_ahn_bytes_spent_on_k_v():
+    """The issue's figure for the default model (SmolLM2, W = 256, S = 32, F16 K/V): W' = 475, from the
+    runtime's own sizes (30 layers x 3 KV heads x 64 x 2 x 2 B per token; 9 x 64 x 64 x 4 B x 30 of
+    state; 2 gates x 9 heads x 4 B x 30 per cached cell)."""
+    kv, gates, state = 30 * 3 * 64 * 2 * 2, 30 * 9 * 2 * 4, 30 * 9 * 64 * 64 * 4
+    assert (kv, gates, state) == (23040, 2160, 4423680)
+    assert ev.matched_window(256, 32, kv, gates, state) == 475
+    w = ev.matched_window(512, 32, kv, gates, state)
+    assert (w - 512) * kv <= state + gates * 544 < (w - 511) * kv     # never more bytes than the AHN's
+
+
+def test_context_lengths():
+    assert ev.context_lengths(256, 32, 8192) == [512, 1024, 2048, 4096, 8192]
+    assert ev.context_lengths(256, 32, 3000) == [512, 1024, 2048, 3000]
+    assert ev.context_lengths(16, 4, 64) == [32, 64]
+
+
+def test_eval_table_has_the_four_modes(ref_engine, tmp_path):
+    seqs = random_sequences(2, 128, 49152)
+    res = ev.run_eval(ref_engine, seqs, lengths=[32, 64, 128], passkey_trials=1, progress=False)
+    assert set(res.ppl) == set(ev.MODES)
+    for m in ev.MODES:
+        assert all(np.isfinite(res.ppl[m][c]) and res.ppl[m][c] > 1 for c in (32, 64, 128))
+    # positions scored: t = S+W .. C-2 of each document
+    assert res.positions == {32: 2 * (31 - 20), 64: 2 * (63 - 20), 128: 2 * (127 - 20)}
+    assert set(res.gap_closed) == {32, 64, 128} and res.matched_window == 24
+    assert res.advantage == {c: res.ppl["matched"][c] - res.ppl["ahn"][c] for c in (32, 64, 128)}
+    assert set(res.passkey) == set(ev.MODES) and res.passkey["full"][128]["trials"] == 1
+    assert res.passkey["full"][32] is None            # too short for the prompt: not probed
+    paths = ev.write_report(res, tmp_path / "eval-fixture", "fixture eval")
+    md = paths["md"].read_text()
+    for label in ev.MODE_LABEL.values():
+        assert label in md
+    assert "gap closed by AHN" in md and "AHN - matched" in md and "W' = 24" in md and "Passkey" in md
+    assert json.loads(paths["json"].read_text())["window"] == 16
+    assert paths["png"].stat().st_size > 1000
+    # a report name with dots (a model file's stem) keeps them: "x.Q4_1" is not a suffix to replace
+    dotted = ev.write_report(res, tmp_path / "eval-model.Q4_1.ahn-gdn", "fixture eval")
+    assert [p.name for p in dotted.values()] == [f"eval-model.Q4_1.ahn-gdn.{e}" for e in ("md", "json", "png")]
+
+
+def test_one_pass_gives_every_shorter_length(ref_engine):
+    """The NLL of a prefix of length C equals the first C-1 positions of the longest pass."""
+    ids = random_sequences(1, 96, 49152, seed=3)[0][1]
+    long, _ = ref_engine.score(ids, "ahn")
+    short, _ = ref_engine.score(ids[:50], "ahn")
+    np.testing.assert_allclose(long[:49], short, rtol=1e-5, atol=1e-5)
+
+
+def test_full_equals_window_when_the_window_covers_the_context(fixtures_root):
+    engine = ev.ReferenceEngine(fixtures_root / LLAMA_BASE, fixtures_root / ahn_folder("llama", "GatedDeltaNet"),
+                                window=128, sinks=0, threads=1)
+    seqs = random_sequences(2, 128, 49152, seed=1)
+    res = ev.run_eval(engine, seqs, lengths=[128], passkey_trials=0, progress=False)
+    # W >= C: nothing is evicted, the three modes are one computation
+    assert res.positions[128] == 0 or res.ppl["full"][128] == res.ppl["window"][128]
+    full, _ = engine.score(seqs[0][1], "full")
+    window, _ = engine.score(seqs[0][1], "window")
+    ahn, _ = engine.score(seqs[0][1], "ahn")
+    np.testing.assert_allclose(window, full, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ahn, full, rtol=1e-5, atol=1e-6)
+
+
+def test_passkey_prompt_has_the_exact_length(ref_engine):
+    rng = np.random.default_rng(0)
+    for length in (100, 257, 1000):
+        ids, n_ans = ev.passkey_prompt(ref_engine, length, rng)
+        assert len(ids) == length and 1 <= n_ans <= 8
+
+
+def test_eval_command_line_reference_engine(fixtures_root, tmp_path, capsys):
+    """The CLI on a text folder: held-out documents only (named so that their path hash holds them out)."""
+    from test_data import name_with_hash
+
+    from ahn_gguf.cli import main
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        words = [" ".join(rng.choice(list("abcdefgh"), 5)).replace(" ", "") for _ in range(7000)]
+        (docs / name_with_hash(f"h{k}_", True)).write_text(" ".join(words))
+    out = tmp_path / "report"
+    rc = main(["eval", str(fixtures_root / LLAMA_BASE), "--engine", "reference", "--ahn",
+               str(fixtures_root / ahn_folder("llama", "GatedDeltaNet")), "--window", "16", "--sinks", "4",
+               "--max-ctx", "96", "--data", str(docs), "--passkey-trials", "1", "--threads", "1",
+               "-o", str(out), "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "| 32 |" in text and "| 96 |" in text
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert len(result["documents"]) == 2 and result["lengths"] == [32, 64, 96]
+
+
+# --- the GGUF engine (patched llama.cpp) -----------------------------------------------------------
+
+@pytest.mark.llama
+def test_gguf_engine_matches_the_reference(fixtures_root, tmp_path_factory, ref_engine):
+    """Per-position NLL through llama.cpp (F32 GGUF) == the PyTorch reference, in all three modes."""
+    pytest.importorskip("llama_cpp")
+    from ahn_gguf.reference import load_reference
+    from tests.helpers.runtime import convert_fixture
+
+    path = convert_fixture(fixtures_root, tmp_path_factory.mktemp("eval-gguf"), "llama", "gdn", "f32")
+    engine = ev.GGUFEngine(path, n_ctx=256, window=16, sinks=4, threads=1, n_batch=64)
+    # W' from the runtime's accounting == the same sizes from the model's shape (F16 K/V, F32 state and gates)
+    cfg = load_reference(fixtures_root / LLAMA_BASE).config
+    L, H, Hkv, d = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    assert engine.memory["kv_bytes_per_token"] == L * Hkv * d * 2 * 2
+    assert engine.memory["state_bytes"] == L * H * d * d * 4 and engine.memory["gate_bytes_per_token"] == L * H * 2 * 4
+    assert engine.matched == ev.matched_window(16, 4, L * Hkv * d * 2 * 2, L * H * 2 * 4, L * H * d * d * 4) > 16
+    ref_engine.matched = engine.matched
+    ids = random_sequences(1, 250, 49152, seed=5)[0][1]   # > S + W' = 213: the matched window forgets too
+    for mode in ev.MODES:
+        got, got_top = engine.score(ids, mode)
+        want, want_top = ref_engine.score(ids, mode)
+        np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3, err_msg=mode)
+        assert (got_top == want_top).mean() > 0.97
+    assert engine.tokenize("hello world") == ref_engine.tokenize("hello world")
+    full, _ = engine.score(ids, "full")
+    window, _ = engine.score(ids, "window")
+    assert np.abs(full - window)[:19].max() < 1e-3       # t < S + W: nothing evicted yet
+    assert np.abs(full - window)[40:].mean() > 1e-3       # later: the window forgets
+    matched, _ = engine.score(ids, "matched")
+    W2 = engine.matched
+    assert W2 == 209 and np.abs(full - matched)[:4 + W2 - 1].max() < 1e-3   # the wider window forgets later ...
+    assert np.abs(full - matched)[4 + W2 + 5:].mean() > 1e-3                # ... but it does
+
+
+def test_modes_measured_earlier_can_be_reused(ref_engine):
+    """full and window do not depend on the AHN: a result merged from two runs equals one run."""
+    seqs = random_sequences(2, 128, 49152, seed=2)
+    whole = ev.run_eval(ref_engine, seqs, lengths=[64, 128], passkey_trials=1, progress=False)
+    first = ev.run_eval(ref_engine, seqs, lengths=[64, 128], modes=("full", "window"), passkey_trials=1,
+                        progress=False)
+    assert not first.gap_closed
+    second = ev.run_eval(ref_engine, seqs, lengths=[64, 128], modes=("ahn",), passkey_trials=1, progress=False)
+    previous = json.loads(json.dumps(first.as_dict()))            # as read back from the JSON file
+    assert ev.merge_previous(second, previous) == ["full", "window"]
+    for c in (64, 128):
+        assert second.gap_closed[c] == pytest.approx(whole.gap_closed[c])
+        assert second.passkey["window"][c] == whole.passkey["window"][c]
+    previous["window"] = 99
+    with pytest.raises(ValueError, match="reuse"):
+        ev.merge_previous(second, previous)
