@@ -22,9 +22,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ahn_gguf.errors import AHNError
+from ahn_gguf.errors import AHNError, SetupError
 
-from ..errors import SetupError
 
 SDIST_NAME = "llama-cpp-python"
 SDIST_VERSION = "0.3.36"
