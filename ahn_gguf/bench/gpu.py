@@ -218,8 +218,8 @@ def pack(out_dir: Path) -> dict:
     """The carried inputs of the GPU run (see the module docstring); returns the manifest."""
     from ahn_gguf.build.llama_cpp import BuildConfig, build_key, prepare_source
 
-    tests = Path(__file__).resolve().parents[2] / "tests"
-    if not (tests / "tiny_model.py").is_file():
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "tests" / "helpers" / "tiny_model.py").is_file():
         raise BenchGPUError("--pack runs from a checkout (it builds the parity fixtures with tests/helpers/tiny_model.py)")
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = BuildConfig(cuda=True)
@@ -237,11 +237,12 @@ def pack(out_dir: Path) -> dict:
             tf.add(src, arcname="llama.cpp", filter=keep)
     fixtures = out_dir / PACK_FIXTURES
     fixtures.mkdir(exist_ok=True)
-    sys.path.insert(0, str(tests))
+    # the checkout's root on the path for the import only: tests/ is a package there, not in the wheel
+    sys.path.insert(0, str(root))
     try:
-        from tiny_model import build_tiny_ahn_gguf
+        from tests.helpers.tiny_model import build_tiny_ahn_gguf
     finally:
-        sys.path.remove(str(tests))
+        sys.path.remove(str(root))
     for variant, head_dim in FIXTURES:
         build_tiny_ahn_gguf(fixtures / f"tiny-{variant}-{head_dim}.gguf", variant=variant, head_dim=head_dim)
     files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != PACK_MANIFEST)

@@ -67,6 +67,11 @@ def register(subparsers, name: str, help_text: str) -> None:
     g.add_argument("--min-lr-ratio", type=float, default=0.0, help="cosine floor as a fraction of --lr (0)")
     g.add_argument("--clip", type=float, default=1.0, help="max gradient norm, 0 = none (1.0)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--objective", default="kl", choices=("kl", "local"),
+                   help="kl (default): KL(teacher || student) end to end; local: the cheaper layer-local warm "
+                        "start (per layer, on the teacher's inputs, the part of the full-attention output the "
+                        "window loses, restored by the AHN; no logits, no backward through the frozen model), "
+                        "to continue with kl via --init-from")
     g = p.add_argument_group("window and sinks")
     g.add_argument("--spans", type=_ints, default=DEFAULT_SPANS, metavar="LIST",
                    help="lossless-span (S + W) candidates, kept within (L/8, L) "
@@ -121,7 +126,8 @@ def config_from_args(args):
         device=args.device, threads=args.threads, checkpoint_every_s=args.checkpoint_every,
         checkpoint_every_steps=args.checkpoint_every_steps, save_dtype=args.save_dtype,
         max_sequences=args.max_sequences, val_every=args.val_every, val_sequences=args.val_sequences,
-        init_from=args.init_from, progress=not args.no_progress)
+        init_from=args.init_from, objective=args.objective,
+        progress=not args.no_progress)
 
 
 def run(args) -> int:

@@ -111,18 +111,28 @@ def _student_layer(layer, x, u_pre, k_pre, v_pre, cos, sin, mask, window: int, s
     L = P + x.shape[1]
     if layer.ahn is not None and L - window - sinks > 0:
         with _no_autocast(device, bf16):
-            written = slice(sinks, L - window)                  # tokens S .. L-W-1 are written ...
-            r0 = sinks + window - P                             # ... and read by queries S+W .. L-1
             u_all = torch.cat([u_pre.float(), u.float()], 1)
-            g, b = layer.ahn.write_gates(u_all[:, written])
-            scan = (partial(chunked_scan, flush_subnormals=True) if impl == "chunked"   # subnormals: see LOG_FLUSH
-                    else partial(reference_scan, impl=impl))
-            o, _ = scan(layer.ahn.variant, q[:, r0:].float(), repeat_kv(k_all[:, written].float(), layer.n_rep),
-                        repeat_kv(v_all[:, written].float(), layer.n_rep), g, b)
-            y = F.pad(layer.ahn.readout(o, u[:, r0:].float()), (0, 0, r0, 0))  # earlier queries: empty memory
-        a = a.float() + y
+            a = a.float() + _ahn_contribution(layer, q, u, u_all, k_all, v_all, window, sinks, impl)
     x = x + layer.self_attn.o_proj(a).float()
     return x + layer.mlp(layer.post_attention_layernorm(x)).float()
+
+
+def _ahn_contribution(layer, q, u, u_all, k_all, v_all, window: int, sinks: int, impl: str) -> torch.Tensor:
+    """The AHN readout added to the attention output of the queries at positions P .. L-1.
+
+    q, u: those queries' rows [B, L-P, ...]; u_all, k_all, v_all: every position 0 .. L-1 (the
+    written tokens are among them). Returns [B, L-P, H*d] float32, zero for the queries whose
+    memory is still empty (positions < S + W). Needs P <= S + W and L > S + W.
+    """
+    L, P = u_all.shape[1], u_all.shape[1] - q.shape[1]
+    written = slice(sinks, L - window)                  # tokens S .. L-W-1 are written ...
+    r0 = sinks + window - P                             # ... and read by queries S+W .. L-1
+    g, b = layer.ahn.write_gates(u_all[:, written].float())
+    scan = (partial(chunked_scan, flush_subnormals=True) if impl == "chunked"   # subnormals: see LOG_FLUSH
+            else partial(reference_scan, impl=impl))
+    o, _ = scan(layer.ahn.variant, q[:, r0:].float(), repeat_kv(k_all[:, written].float(), layer.n_rep),
+                repeat_kv(v_all[:, written].float(), layer.n_rep), g, b)
+    return F.pad(layer.ahn.readout(o, u[:, r0:].float()), (0, 0, r0, 0))  # earlier queries: empty memory
 
 
 def student_hidden(model: ReferenceModel, ids: torch.Tensor, teacher: TeacherPass, window: int, sinks: int, *,
@@ -185,3 +195,60 @@ def distill_loss(model: ReferenceModel, ids: torch.Tensor, window: int, sinks: i
     teacher = teacher_pass(model, ids, P, bf16=bf16, kl_chunk=kl_chunk)
     h = student_hidden(model, ids, teacher, window, sinks, grad_checkpoint=grad_checkpoint, bf16=bf16, impl=impl)
     return kl_loss(model, h, teacher, bf16=bf16, kl_chunk=kl_chunk)
+
+
+# --- the layer-local objective (a cheaper warm start) --------------------------------------------
+
+
+def layer_local_step(model: ReferenceModel, ids: torch.Tensor, window: int, sinks: int, *, backward: bool = True,
+                     bf16: bool = False, impl: str = "chunked") -> float:
+    """One pass of the layer-local objective; accumulates its gradient when `backward`. Returns the loss.
+
+    Per layer, on the *teacher's* inputs (the full-attention model's hidden states, so no layer
+    waits for the ones below it to be trained): what the sliding window loses there is
+    o_proj(a_full - a_window) at the positions >= S + W, with a_full / a_window the attention
+    outputs under the causal and the sink + window mask. The AHN, reading the tokens the window
+    evicted, should restore it: the layer's loss is the fraction it leaves unrestored,
+
+        || o_proj(y_AHN) - o_proj(a_full - a_window) ||^2  /  || o_proj(a_full - a_window) ||^2
+
+    (1 for an AHN that outputs nothing, as a fresh one with zero o_proj does), and the objective is
+    its mean over the AHN layers. No logits and no backward through the frozen model: each layer's
+    AHN parameters reach only that layer's loss, so each layer is backpropagated on its own as soon as
+    its loss is known and nothing of it is kept. Not the end-to-end KL: a warm start before it
+    (docs/AHN-SPEC.md, "Training"); the validation batch is still scored by KL.
+    """
+    B, L = ids.shape
+    P = sinks + window
+    ahn_layers = [layer for layer in model.model.layers if layer.ahn is not None and not layer.full_attention]
+    if L <= P or not ahn_layers:
+        return 0.0
+    cfg = model.config
+    cos, sin = _rope(torch.arange(L), cfg, ids.device)
+    pos = torch.arange(L, device=ids.device)
+    mask = window_mask(pos[P:], pos, window, sinks)
+    total = 0.0
+    with torch.no_grad(), _autocast(ids.device, bf16):
+        x = model.model.embed_tokens(ids).float()
+    for layer in model.model.layers:
+        with torch.no_grad(), _autocast(ids.device, bf16):
+            u = layer.input_layernorm(x)
+            q, k, v = layer.self_attn.qkv(u, cos, sin)
+            a_full = _attend(q, k, v, None, layer.n_rep, causal=True)
+            train = layer in ahn_layers
+            if train:
+                # o_proj's linear part only (a bias, where a base has one, cancels in the difference)
+                w_o = layer.self_attn.o_proj.weight
+                lost = F.linear(a_full[:, P:] - _attend(q[:, P:], k, v, mask, layer.n_rep), w_o).float()
+        if train:
+            with torch.enable_grad(), _no_autocast(ids.device, bf16):
+                y = _ahn_contribution(layer, q[:, P:], u[:, P:], u, k, v, window, sinks, impl)
+                restored = F.linear(y, w_o.float())
+                loss = (restored - lost).pow(2).sum() / lost.pow(2).sum().clamp_min(1e-30)
+                if backward and loss.requires_grad:
+                    (loss / len(ahn_layers)).backward()
+            total += loss.item()
+        with torch.no_grad(), _autocast(ids.device, bf16):
+            x = x + layer.self_attn.o_proj(a_full).float()
+            x = x + layer.mlp(layer.post_attention_layernorm(x)).float()
+    return total / len(ahn_layers)

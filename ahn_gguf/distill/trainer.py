@@ -43,6 +43,7 @@ CSV_FIELDS = ("step", "loss", "lr", "grad_norm", "tokens", "wall_s", "window", "
 
 DEFAULT_SPANS = (192, 256, 288, 320, 384, 512)
 DEFAULT_SINKS = (0, 32, 64)
+OBJECTIVES = ("kl", "local")
 
 
 @dataclass
@@ -77,6 +78,7 @@ class DistillConfig:
     val_every: int = 25                     # score the validation batch every N steps (0: never)
     val_sequences: int = 2                  # validation sequences per source, set aside from training
     init_from: str | None = None            # AHN folder whose weights start the run (else fresh)
+    objective: str = "kl"                   # "kl" (end to end) or "local" (layer-local, student.layer_local_step)
     progress: bool = True
 
     def validate(self) -> DistillConfig:
@@ -90,6 +92,8 @@ class DistillConfig:
             raise UsageError(f"default sinks must be >= 0, got {self.default_sinks}")
         self.spans, self.sinks = tuple(sorted(set(self.spans))), tuple(sorted(set(self.sinks)))
         allowed_spans(self.spans, self.seq_len)  # raises if none fits
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.val_every < 0 or self.val_sequences < 0:
             raise UsageError("val_every and val_sequences must be >= 0")
         if self.val_every and self.val_sequences and self.window + self.default_sinks >= self.seq_len:
@@ -284,7 +288,10 @@ class Distiller:
         self.log = RunLog(config=_jsonable(asdict(cfg)), base=base_provenance(base_dir), data=data_prov)
         self.log.notes = {
             "n_ahn_parameters": sum(p.numel() for p in params),
-            "loss": "KL(teacher || student), temperature 1, mean over positions >= S+W",
+            "loss": ("KL(teacher || student), temperature 1, mean over positions >= S+W" if cfg.objective == "kl" else
+                     "layer-local: per AHN layer, the fraction of o_proj(a_full - a_window) at positions >= S+W "
+                     "the AHN leaves unrestored, on the teacher's inputs, mean over layers "
+                     "(distill.student.layer_local_step); validation: KL"),
             "teacher": "the same frozen base with full causal attention",
             "student": "sinks + window + AHN on the same weights; only AHN parameters train",
         }
@@ -337,15 +344,19 @@ class Distiller:
     # -- one step ------------------------------------------------------------------------------
 
     def train_step(self) -> Record:
-        from .student import distill_loss
+        from .student import distill_loss, layer_local_step
 
         torch, cfg = self.torch, self.cfg
         t0 = time.time()
         W, S = draw_window(self.step, cfg.seed, cfg.spans, cfg.sinks, cfg.seq_len)
         ids = torch.from_numpy(self.data.next_batch(cfg.batch_size)).long().to(self.device)
         self.opt.zero_grad(set_to_none=True)
-        loss = distill_loss(self.model, ids, W, S, grad_checkpoint=cfg.grad_checkpoint, bf16=cfg.bf16)
-        loss.backward()
+        if cfg.objective == "local":       # backpropagates layer by layer itself
+            loss = layer_local_step(self.model, ids, W, S, bf16=cfg.bf16)
+        else:
+            loss = distill_loss(self.model, ids, W, S, grad_checkpoint=cfg.grad_checkpoint, bf16=cfg.bf16)
+            loss.backward()
+            loss = loss.item()
         params = [p for g in self.opt.param_groups for p in g["params"]]
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.clip if cfg.clip > 0 else float("inf"))
         lr = self.opt.param_groups[0]["lr"]
@@ -353,7 +364,7 @@ class Distiller:
         self.sched.step()
         self.step += 1
         self.wall_s += time.time() - t0
-        rec = Record(self.step, loss.item(), lr, gnorm.item(), self.step * cfg.batch_size * cfg.seq_len,
+        rec = Record(self.step, loss, lr, gnorm.item(), self.step * cfg.batch_size * cfg.seq_len,
                      round(self.wall_s, 3), W, S, self.data.epoch)
         self.log.records.append(asdict(rec))
         return rec
@@ -463,7 +474,7 @@ class Distiller:
         # autocast of the base's matmuls may differ (a run started on the CPU continues on a GPU in bf16)
         fixed = ("variant", "seq_len", "batch_size", "lr", "weight_decay", "warmup", "min_lr_ratio", "clip",
                  "spans", "sinks", "fa_layer_ids", "data", "seed", "o_proj_std", "max_sequences",
-                 "val_every", "val_sequences", "window", "default_sinks", "init_from")
+                 "val_every", "val_sequences", "window", "default_sinks", "init_from", "objective")
         from ..data import TRAIN_MIXTURE
 
         for cfg_dict in (saved, now):   # no --data means the default mixture, spelled out or not

@@ -94,7 +94,7 @@ def run_regressions(fuzzer: Path, inputs: list[Path], work: Path) -> dict[str, t
 
 def run_campaign(fuzzer: Path, work: Path, *, seconds: int, seed: int = 1) -> dict:
     """Fuzz for `seconds` from the seed corpus; the figures of the run."""
-    from build_fuzzer import write_dictionary
+    from tests.fuzz.build_fuzzer import write_dictionary
 
     corpus = write_seed_corpus(work / "corpus")
     dictionary = write_dictionary(work / "gguf.dict")
@@ -179,7 +179,7 @@ def write_report(stats: dict, regressions: dict, out: Path, conditions: str = ""
 
 
 def main() -> int:
-    from build_fuzzer import ensure_fuzzer
+    from tests.fuzz.build_fuzzer import ensure_fuzzer
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=300)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ahn_gguf.constants import DN, GDN, MAMBA2, VARIANTS
-from ahn_gguf.distill.student import distill_loss, student_hidden, teacher_pass
+from ahn_gguf.distill.student import distill_loss, layer_local_step, student_hidden, teacher_pass
 from ahn_gguf.distill.trainer import (
     CHECKPOINT_DIR,
     CHECKPOINT_FILE,
@@ -113,6 +113,65 @@ def test_gradients_reach_only_the_ahn(fixtures_root):
         else:
             assert p.grad is None, name
     assert any(p.grad.abs().sum() > 0 for p in model.ahn_parameters())
+
+
+# --- the layer-local objective -------------------------------------------------------------------
+
+@pytest.mark.parametrize("base,variant", [(LLAMA_BASE, GDN), ("qwen2-base", DN), ("qwen2-base", MAMBA2)])
+@pytest.mark.parametrize("layer_id", [0, 1])
+def test_layer_local_loss_is_the_unrestored_fraction_by_the_reference(fixtures_root, base, variant, layer_id):
+    """The objective of one layer, computed independently with ReferenceModel's own forward: the
+    layers below keep full attention (so the layer sees the teacher's inputs, as the objective
+    assumes), the layers above are cut, the layer's MLP and the final norm are removed; then the
+    output differences are o_proj's, and the loss is |h_full - h_ahn|^2 / |h_full - h_window|^2 over
+    positions >= S + W."""
+    model = load_reference(fixtures_root / base)
+    attach_ahn(model, variant, window=24, o_proj_std=0.05, seed=1)
+    layers = model.model.layers
+    for i, layer in enumerate(layers):
+        if i < layer_id:
+            layer.full_attention, layer.ahn = True, None
+    del layers[layer_id + 1:]
+    torch.nn.init.zeros_(layers[layer_id].mlp.down_proj.weight)
+    model.model.norm = torch.nn.Identity()
+    W, S = 24, 8
+    ids = ids_for(model, B=2, L=128, seed=3)
+    with torch.no_grad():
+        got = layer_local_step(model, ids, W, S, backward=False)
+        h = {m: model.hidden_states(ids, mode=m, window=W, sinks=S)[:, S + W:] for m in ("full", "window", "ahn")}
+    want = ((h["full"] - h["ahn"]).pow(2).sum() / (h["full"] - h["window"]).pow(2).sum()).item()
+    assert 0.05 < want < 10 and got == pytest.approx(want, rel=1e-4), (got, want)
+
+
+def test_layer_local_loss_is_one_for_a_silent_ahn_and_trains_only_the_ahn(fixtures_root):
+    model = load_reference(fixtures_root / LLAMA_BASE)
+    attach_ahn(model, "gdn", window=32)                       # zero o_proj: the AHN restores nothing
+    model.freeze_base()
+    ids = ids_for(model, B=1, L=96)
+    assert layer_local_step(model, ids, 24, 8) == pytest.approx(1.0, abs=1e-6)
+    ahn = {id(p) for p in model.ahn_parameters()}
+    assert all(p.grad is None for p in model.parameters() if id(p) not in ahn)
+    o_proj = [p for n, p in model.named_parameters() if n.endswith("ahn.fn.o_proj.weight")]
+    assert o_proj and all(p.grad is not None and p.grad.abs().sum() > 0 for p in o_proj)
+    assert layer_local_step(model, ids_for(model, B=1, L=32), 24, 8) == 0.0   # nothing evicted: no loss
+
+
+def test_a_short_layer_local_run_lowers_its_loss_and_the_kl(fixtures_root, text_folder, tmp_path):
+    """Eight layer-local steps on one batch: the objective falls, and so does the end-to-end KL it
+    stands in for (what makes it a warm start)."""
+    d = Distiller(small_config(fixtures_root, text_folder, tmp_path / "run", steps=8, warmup=0.0, objective="local",
+                               max_sequences=2, spans=(36,), sinks=(4,)))
+    batch = torch.from_numpy(d.data.sequences).long()
+    with torch.no_grad():
+        kl_before = distill_loss(d.model, batch, 32, 4).item()
+    log = d.run()
+    with torch.no_grad():
+        kl_after = distill_loss(d.model, batch, 32, 4).item()
+        local_after = layer_local_step(d.model, batch, 32, 4, backward=False)
+    assert log.records[0]["loss"] == pytest.approx(1.0, abs=1e-6)      # untrained: nothing restored
+    print(f"layer-local loss 1 -> {local_after:.4f}; KL {kl_before:.4f} -> {kl_after:.4f}")
+    assert local_after < 0.8 and kl_after < 0.9 * kl_before, (local_after, kl_before, kl_after)
+    assert "layer-local" in json.loads((tmp_path / "run" / "training-log.json").read_text())["notes"]["loss"]
 
 
 # --- schedule -----------------------------------------------------------------------------------------

@@ -96,9 +96,8 @@ def test_passkey_prompt_has_the_exact_length(ref_engine):
 
 def test_eval_command_line_reference_engine(fixtures_root, tmp_path, capsys):
     """The CLI on a text folder: held-out documents only (named so that their path hash holds them out)."""
-    from test_data import name_with_hash
-
     from ahn_gguf.cli import main
+    from tests.quality.test_data import name_with_hash
 
     docs = tmp_path / "docs"
     docs.mkdir()
