@@ -212,13 +212,13 @@ def run(args) -> int:
 
 def _take_resume(src: Path, run_dir: Path) -> None:
     """Continue from a run folder brought back from an earlier machine, unless WORK/run is further on."""
-    import torch
+    from .trainer import load_checkpoint_file
 
     ckpt = src / "checkpoint" / "state.pt"
     if not ckpt.is_file():
         raise GPUPackError(f"--resume-from {src}: no checkpoint/state.pt")
     here = run_dir / "checkpoint" / "state.pt"
-    step = lambda p: torch.load(p, map_location="cpu", weights_only=False)["step"]  # noqa: E731  (our own file)
+    step = lambda p: load_checkpoint_file(p)["step"]  # noqa: E731
     if here.is_file() and step(here) >= step(ckpt):
         return
     shutil.rmtree(run_dir, ignore_errors=True)

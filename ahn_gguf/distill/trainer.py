@@ -455,7 +455,7 @@ class Distiller:
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "data": self.data.state_dict(),
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+            "rng": {"python": random.getstate(), "numpy": _numpy_rng_state(),
                     "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "log": asdict(self.log),
@@ -467,7 +467,7 @@ class Distiller:
 
     def _load_checkpoint(self) -> None:
         torch = self.torch
-        state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+        state = load_checkpoint_file(self.ckpt_path)
         saved = dict(state["config"])
         now = _jsonable(asdict(self.cfg))
         # settings that change the run must match; steps, checkpointing, threads, the device and bf16
@@ -494,7 +494,7 @@ class Distiller:
         self.data.load_state_dict(state["data"])
         rng = state["rng"]
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        _set_numpy_rng_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -503,6 +503,49 @@ class Distiller:
         self.log.records = log["records"][:self.step]
         self.log.validation = [v for v in log.get("validation", []) if v["step"] <= self.step]
         self.log.commands = log.get("commands", [])
+
+
+def load_checkpoint_file(path: Path) -> dict:
+    """A checkpoint read as data only (torch.load weights_only: tensors, numbers, strings, containers;
+    never code, so a checkpoint from elsewhere, e.g. brought back from a GPU machine, cannot run
+    anything). Checkpoints written before this format kept numpy's RNG state as an ndarray: numpy's
+    array reconstruction, data only too, is allowed for them."""
+    import torch
+
+    legacy = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), _numpy_reconstruct()]
+    try:
+        with torch.serialization.safe_globals(legacy):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (the unpickler raises many kinds, all mean "not a checkpoint")
+        raise UsageError(f"{path}: not a distillation checkpoint that can be read as data "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
+    if not isinstance(state, dict) or not {"step", "config", "ahn", "optimizer", "rng", "log"} <= set(state):
+        raise UsageError(f"{path}: not a distillation checkpoint (missing its fields)")
+    return state
+
+
+def _numpy_reconstruct():
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+def _numpy_rng_state() -> dict:
+    """numpy's global RNG state as plain data (a tensor for the key array): loadable with weights_only."""
+    import torch
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _set_numpy_rng_state(state) -> None:
+    if isinstance(state, dict):
+        state = (state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
+                 state["cached_gaussian"])
+    np.random.set_state(state)   # (a checkpoint of the earlier format: numpy's own tuple)
 
 
 def _main_thread() -> bool:

@@ -174,6 +174,31 @@ def test_a_short_layer_local_run_lowers_its_loss_and_the_kl(fixtures_root, text_
     assert "layer-local" in json.loads((tmp_path / "run" / "training-log.json").read_text())["notes"]["loss"]
 
 
+def test_learning_curves_compare_runs_by_training_time(fixtures_root, text_folder, tmp_path):
+    """The objectives' report reads the runs' logs: every validation point with the training time of
+    its step, and the comparison at the time both runs reached."""
+    from ahn_gguf.distill.curves import at_time, compare
+
+    runs = []
+    for objective in ("kl", "local"):
+        out = tmp_path / objective
+        Distiller(small_config(fixtures_root, text_folder, out, steps=3, objective=objective, val_every=1)).run()
+        runs.append(out)
+    md, js = compare(runs, tmp_path / "report", "objectives")
+    result = json.loads(js.read_text())
+    for run, curve in zip(runs, result["runs"]):
+        log = json.loads((run / "training-log.json").read_text())
+        assert [p["loss"] for p in curve["validation"]] == [v["loss"] for v in log["validation"]]
+        assert [p["train_s"] for p in curve["validation"]] == [0.0] + [r["wall_s"] for r in log["records"]]
+        assert curve["objective"] == run.name and curve["steps_done"] == 3
+    common = result["common_train_s"]
+    assert common == min(c["validation"][-1]["train_s"] for c in result["runs"])
+    for c in result["runs"]:
+        assert result["at_common"][c["run"]] == at_time(c, common) and at_time(c, common)["train_s"] <= common
+    text = md.read_text()
+    assert "| kl | kl | fresh |" in text and "| local | local | fresh |" in text
+
+
 # --- schedule -----------------------------------------------------------------------------------------
 
 def test_spans_and_sinks_follow_the_paper_rules():
@@ -263,6 +288,49 @@ def test_resume_continues_the_same_run(fixtures_root, text_folder, tmp_path):
     b = load_reference(fixtures_root / LLAMA_BASE, tmp_path / "split")
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
+
+
+class _RunsCodeWhenUnpickled:
+    """An object whose unpickling would create a file: what a hostile checkpoint could do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_checkpoint_is_read_as_data_only(fixtures_root, text_folder, tmp_path):
+    """--resume never runs what a checkpoint holds (torch.load weights_only): a file with a pickled
+    callable is refused with a clear error and the callable never runs; a checkpoint of the earlier
+    format (numpy's RNG state as an ndarray) still resumes."""
+    from ahn_gguf.distill.trainer import load_checkpoint_file
+    from ahn_gguf.errors import UsageError
+
+    out = tmp_path / "r"
+    Distiller(small_config(fixtures_root, text_folder, out, steps=3)).run(stop_after=1)
+    ckpt = out / CHECKPOINT_DIR / CHECKPOINT_FILE
+    state = torch.load(ckpt, weights_only=True)                       # the format itself is plain data
+    assert isinstance(state["rng"]["numpy"], dict)
+
+    state["rng"]["numpy"] = np.random.get_state()                    # the earlier format
+    torch.save(state, ckpt)
+    resumed = Distiller(small_config(fixtures_root, text_folder, out, steps=3), resume=True)
+    assert resumed.step == 1 and resumed.run().records[-1]["step"] == 3
+
+    marker = tmp_path / "ran"
+    state["log"]["evil"] = _RunsCodeWhenUnpickled(marker)
+    torch.save(state, ckpt)
+    with pytest.raises(UsageError, match="can be read as data"):
+        load_checkpoint_file(ckpt)
+    with pytest.raises(UsageError, match="can be read as data"):
+        Distiller(small_config(fixtures_root, text_folder, out, steps=3), resume=True)
+    assert not marker.exists()
+    torch.save({"step": 1}, ckpt)
+    with pytest.raises(UsageError, match="missing its fields"):
+        load_checkpoint_file(ckpt)
 
 
 def test_resume_refuses_other_settings_and_a_fresh_run_refuses_a_checkpoint(fixtures_root, text_folder, tmp_path):
