@@ -8,6 +8,7 @@ use they are merged with `ahn-gguf attach` (base tensors copied untouched) into 
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 from .errors import MissingFileError
@@ -31,7 +32,8 @@ def default_model_path() -> Path:
 
         out.parent.mkdir(parents=True, exist_ok=True)
         base = Path(smollm2_gguf())
-        print(f"building the default model (once): {base.name} + {DEFAULT_AHN_SIDECAR.name} -> {out}")
+        # stderr: `"$(python -c '...print(default_model_path())')"` in scripts must get the path alone
+        print(f"building the default model (once): {base.name} + {DEFAULT_AHN_SIDECAR.name} -> {out}", file=sys.stderr)
         source = f"{SMOLLM2_WHEEL.project}=={SMOLLM2_WHEEL.version}:{Path(SMOLLM2_GGUF_MEMBER).name}"
         attach(base, str(DEFAULT_AHN_SIDECAR), out, source_base=source, force=True, progress=False)
     return out

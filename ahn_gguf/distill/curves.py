@@ -42,34 +42,43 @@ def at_time(curve: dict, seconds: float) -> dict | None:
     return done[-1] if done else None
 
 
-def compare(run_dirs, out_dir: str | Path, stem: str = "distill-objectives", title: str | None = None):
+def compare(run_dirs, out_dir: str | Path, stem: str = "distill-objectives", title: str | None = None,
+            notes: str = ""):
     curves = [load_curve(d) for d in run_dirs]
     scored = [c for c in curves if c["validation"]]
     if not scored:
         raise MissingFileError("none of the runs has a validation point (train with --val-every N)")
-    common = min(c["validation"][-1]["train_s"] for c in scored)   # the time every run has reached
-    result = {"runs": curves, "common_train_s": common,
-              "at_common": {c["run"]: at_time(c, common) for c in scored}}
+    # runs from the same starting point are compared at the training time all of them reached
+    common = {}
+    for c in scored:
+        key = c["init_from"] or "fresh"
+        common[key] = min(common.get(key, float("inf")), c["validation"][-1]["train_s"])
+    at_common = {c["run"]: at_time(c, common[c["init_from"] or "fresh"]) for c in scored}
+    result = {"runs": curves, "common_train_s": common, "at_common": at_common}
 
     def markdown(plots: list[str]) -> str:
         lines = [f"# {title or 'Distillation objectives: validation KL per training time'}", "",
                  "Validation KL: the fixed validation batch of each run (the same sequences when runs share data "
                  "and seed), KL(teacher || student) at the default W and S, whatever the run optimises. Training "
                  "time: the wall time of the steps (validation passes not counted).", "",
-                 "| run | objective | init | lr | steps | s / step | val KL at 0 | val KL at "
-                 f"{common / 60:.0f} train-min | last val KL (step, train-min) |",
+                 "Runs from the same starting point (init) are compared at the training time all of them "
+                 "reached (the middle column).", "",
+                 "| run | objective | init | lr | steps | s / step | val KL at 0 | val KL at the common time "
+                 "(train-min) | last val KL (step, train-min) |",
                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
         for c in curves:
             v = c["validation"]
             first = f"{v[0]['loss']:.5f}" if v and v[0]["step"] == 0 else "-"
-            mid = at_time(c, common) if v else None
-            mid = f"{mid['loss']:.5f}" if mid else "-"
+            mid = at_common.get(c["run"])
+            mid = f"{mid['loss']:.5f} ({common[c['init_from'] or 'fresh'] / 60:.0f})" if mid else "-"
             last = f"{v[-1]['loss']:.5f} ({v[-1]['step']}, {v[-1]['train_s'] / 60:.0f})" if v else "-"
             init = Path(c["init_from"]).name if c["init_from"] else "fresh"
             sps = f"{c['s_per_step']:.0f}" if c["s_per_step"] else "-"
             lines.append(f"| {c['run']} | {c['objective']} | {init} | {c['lr']:g} | {c['steps_done']} | {sps} | "
                          f"{first} | {mid} | {last} |")
         lines += [""] + [f"![{p}]({p})" for p in plots]
+        if notes:
+            lines += ["", notes.strip()]
         return "\n".join(lines) + "\n"
 
     def plot(out: Path, stem_: str) -> list[str]:
@@ -103,8 +112,10 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
     ap.add_argument("--stem", default="distill-objectives", help="report file name (default distill-objectives)")
     ap.add_argument("--title", default=None)
+    ap.add_argument("--notes", type=Path, default=None, metavar="FILE", help="markdown appended to the report")
     args = ap.parse_args(argv)
-    md, _ = compare(args.runs, args.output, args.stem, args.title)
+    notes = args.notes.read_text() if args.notes else ""
+    md, _ = compare(args.runs, args.output, args.stem, args.title, notes)
     print(md.read_text())
     return 0
 

@@ -85,3 +85,19 @@ def test_readme_main_command_runs_the_default_model(default_model):
     prompt = int(text.split("; prompt ")[1].split(" tokens")[0])
     assert prompt > 8 * 256
     assert "decode:" in text and "AHN state" in text
+
+
+def test_building_the_default_model_leaves_stdout_to_its_path(tmp_path, monkeypatch, capsys):
+    """`"$(python -c 'print(default_model_path())')"` (the README's eval recipe) must get the path
+    alone, also on the first call, which builds the model: the progress line goes to stderr."""
+    import ahn_gguf.build.pins as pins
+    import ahn_gguf.convert as convert
+    from ahn_gguf import default_model
+
+    monkeypatch.setattr(pins, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(pins, "smollm2_gguf", lambda: tmp_path / "base.gguf")
+    monkeypatch.setattr(convert, "attach", lambda base, ahn, out, **kw: out.write_bytes(b"GGUF"))
+    path = default_model.default_model_path()
+    out, err = capsys.readouterr()
+    assert path.parent == tmp_path / "models" and path.read_bytes() == b"GGUF"
+    assert out == "" and "building the default model" in err
