@@ -479,6 +479,7 @@ class Distiller:
 
         for cfg_dict in (saved, now):   # no --data means the default mixture, spelled out or not
             cfg_dict["data"] = cfg_dict.get("data") or TRAIN_MIXTURE
+            cfg_dict.setdefault("objective", "kl")   # checkpoints from before --objective trained the KL
         diff = [k for k in fixed if saved.get(k) != now.get(k)]
         if diff:
             raise UsageError("the checkpoint was made with other settings: "
