@@ -94,9 +94,11 @@ def test_building_the_default_model_leaves_stdout_to_its_path(tmp_path, monkeypa
     import ahn_gguf.convert as convert
     from ahn_gguf import default_model
 
+    # attach first: looking it up imports the pinned gguf-py from the real cache (a gguf-py imported
+    # from the temporary cache would stay in sys.modules and be refused by every later test)
+    monkeypatch.setattr(convert, "attach", lambda base, ahn, out, **kw: out.write_bytes(b"GGUF"))
     monkeypatch.setattr(pins, "cache_dir", lambda: tmp_path)
     monkeypatch.setattr(pins, "smollm2_gguf", lambda: tmp_path / "base.gguf")
-    monkeypatch.setattr(convert, "attach", lambda base, ahn, out, **kw: out.write_bytes(b"GGUF"))
     path = default_model.default_model_path()
     out, err = capsys.readouterr()
     assert path.parent == tmp_path / "models" and path.read_bytes() == b"GGUF"
