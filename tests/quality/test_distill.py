@@ -157,8 +157,9 @@ def test_layer_local_loss_is_one_for_a_silent_ahn_and_trains_only_the_ahn(fixtur
 
 
 def test_a_short_layer_local_run_lowers_its_loss_and_the_kl(fixtures_root, text_folder, tmp_path):
-    """Eight layer-local steps on one batch: the objective falls, and so does the end-to-end KL it
-    stands in for (what makes it a warm start)."""
+    """Eight layer-local steps on one batch of the tiny model: the objective falls, and here so does
+    the end-to-end KL it stands in for (on SmolLM2 it does not: reports/distill-objectives.md; this
+    checks the mechanics, not the worth)."""
     d = Distiller(small_config(fixtures_root, text_folder, tmp_path / "run", steps=8, warmup=0.0, objective="local",
                                max_sequences=2, spans=(36,), sinks=(4,)))
     batch = torch.from_numpy(d.data.sequences).long()
