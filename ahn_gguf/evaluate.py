@@ -1,4 +1,4 @@
-"""`ahn-gguf eval MODEL`: long-context perplexity and a passkey probe, full vs window vs AHN vs the
+"""`ahn-gguf eval MODEL`: long-context perplexity and retrieval probes, full vs window vs AHN vs the
 window the AHN's bytes would buy.
 
 Four attention modes on the same weights, at context lengths from 2W up to the model's limit:
@@ -24,6 +24,12 @@ window no longer sees everything.
 The passkey probe hides "The pass key is NNNNN" at a random depth of 10-50% inside filler text of
 C tokens and asks for it at the end; a trial counts when every digit of the key is the argmax
 (= greedy decoding) given the ones before; the mean NLL of the digits is reported too.
+
+The code-recall probe (`--recall-trials N`, for code) defines a helper with a random three-word name
+(`def amber_orbit_ledger(items): ...`) at a line boundary 10-50% deep into a real held-out file and,
+after the rest of the file, calls it with its first word given (`records = amber`): a trial counts
+when the rest of the name and the call are greedy-correct. It asks what a coding assistant needs of
+a long file: a name defined far back, used at the end.
 
 Engines:
 - gguf (default): MODEL is an AHN GGUF run through the patched llama.cpp (`ahn_gguf.Llama`);
@@ -281,6 +287,7 @@ class EvalResult:
     matched_window: int | None = None               # W' of mode "matched"
     advantage: dict = field(default_factory=dict)   # length -> ppl_matched - ppl_ahn (> 0: the AHN wins)
     passkey: dict = field(default_factory=dict)    # mode -> {length: {"accuracy", "nll", "trials"}}
+    recall: dict = field(default_factory=dict)     # the code-recall probe, as passkey
     seconds: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
@@ -307,14 +314,83 @@ def passkey_prompt(engine: Engine, length: int, rng: np.random.Generator) -> tup
     return ids, len(answer)
 
 
+# identifiers of the code-recall probe: common words, so that the name is ordinary code, but three drawn
+# at random, so that it cannot be guessed from the code around it
+RECALL_WORDS = ("amber", "anchor", "basin", "beacon", "binder", "bridge", "canyon", "carbon", "cedar", "cipher",
+                "comet", "copper", "coral", "delta", "ember", "falcon", "fern", "garnet", "glacier", "harbor",
+                "hazel", "indigo", "island", "jasper", "kernel", "lantern", "ledger", "lotus", "magnet", "maple",
+                "marble", "meadow", "nectar", "nimbus", "oasis", "orbit", "oyster", "pebble", "pepper", "plume",
+                "quartz", "quiver", "raven", "ripple", "saddle", "salmon", "signal", "spruce", "summit", "tandem",
+                "thistle", "timber", "tundra", "velvet", "walnut", "willow", "zephyr", "zinc")
+
+
+def code_recall_prompt(engine: Engine, code: str, length: int, rng: np.random.Generator) -> tuple[list[int], int]:
+    """(token ids of exactly `length` tokens, number of answer tokens) for the code-recall probe.
+
+    A helper with a three-word name (`RECALL_WORDS`) is defined at a line boundary at 10-50% depth
+    of real code (`code`: a held-out file); the code that follows is the file's own, and at the end a
+    comment asks for the helper and the code calls it: `records = <first word>` -- the answer is the
+    rest of the name and the call, `_<second>_<third>(records)`. Only a model that still holds the
+    definition can complete it: the two last words are random."""
+    words = [str(w) for w in rng.choice(RECALL_WORDS, 3, replace=False)]
+    needle = engine.tokenize(f"\n\ndef {'_'.join(words)}(items):\n    \"\"\"Return the items in a stable order.\"\"\"\n"
+                             f"    return sorted(items)\n\n")
+    question = engine.tokenize(f"\n\n\n# sort the records with the helper defined above\nrecords = {words[0]}")
+    answer = engine.tokenize(f"_{words[1]}_{words[2]}(records)")
+    n_fill = length - len(needle) - len(question) - len(answer)
+    if n_fill < 8:
+        raise UsageError(f"context {length} is too short for the code-recall prompt")
+    # cut the code at the start of a line near the drawn depth (chars per token of this file)
+    chars_per_token = len(code) / max(len(engine.tokenize(code)), 1)
+    target = int(n_fill * rng.uniform(0.1, 0.5) * chars_per_token)
+    cut = code.find("\n", target)
+    if cut < 0:
+        raise UsageError(f"the code-recall text is too short for a {length}-token prompt (no line break after the insertion depth)")
+    before = engine.tokenize(code[:cut + 1])[:n_fill - 8]
+    after = engine.tokenize(code[cut + 1:])
+    rest = n_fill - len(before)
+    if len(after) < rest:
+        raise UsageError(f"the code-recall text is too short for a {length}-token prompt")
+    ids = before + needle + after[:rest] + question + answer
+    assert len(ids) == length
+    return ids, len(answer)
+
+
+def _probe(engine: Engine, name: str, prompts: dict, modes, trials: int, res: EvalResult, progress: bool) -> dict:
+    """Greedy retrieval of the prompts' answers (their last tokens) in every mode: mode -> length -> result."""
+    from tqdm import tqdm
+
+    out = {}
+    bar = tqdm(total=len(modes) * len(prompts) * trials, desc=name, disable=not progress, file=sys.stderr)
+    for m in modes:
+        t0 = time.time()
+        out[m] = {}
+        for c in res.lengths:
+            if c not in prompts:
+                out[m][c] = None
+                continue
+            hits, nlls = 0, []
+            for ids, n_ans in prompts[c]:
+                nll, top1 = engine.score(ids, m)
+                hits += int(top1[-n_ans:].all())
+                nlls.append(float(nll[-n_ans:].mean()))
+                bar.update(1)
+            out[m][c] = {"accuracy": hits / trials, "nll": float(np.mean(nlls)), "trials": trials}
+        res.seconds[f"{name.replace(' ', '_')}_{m}"] = round(time.time() - t0, 1)
+    bar.close()
+    return out
+
+
 def default_modes(engine: Engine) -> tuple[str, ...]:
     """Every mode the engine can run: "matched" needs a known W'."""
     return tuple(m for m in MODES if m != "matched" or engine.matched is not None)
 
 
 def run_eval(engine: Engine, sequences, *, lengths, modes=None, passkey_trials: int = 3, seed: int = 0,
-             progress: bool = True) -> EvalResult:
-    """Perplexity beyond the window for every mode and length (default: `default_modes`), and the passkey probe."""
+             progress: bool = True, recall_texts=(), recall_trials: int = 0) -> EvalResult:
+    """Perplexity beyond the window for every mode and length (default: `default_modes`), the passkey
+    probe (`passkey_trials` prompts per length), and the code-recall probe (`recall_trials` prompts per
+    length, built from `recall_texts`, real held-out code, taken in turn)."""
     from tqdm import tqdm
 
     modes = tuple(modes) if modes else default_modes(engine)
@@ -355,25 +431,19 @@ def run_eval(engine: Engine, sequences, *, lengths, modes=None, passkey_trials: 
                 prompts[c] = [passkey_prompt(engine, c, rng) for _ in range(passkey_trials)]
             except ValueError:
                 res.notes.append(f"passkey: context {c} is too short for the prompt; not probed")
-        bar = tqdm(total=len(modes) * len(prompts) * passkey_trials, desc="passkey", disable=not progress,
-                   file=sys.stderr)
-        for m in modes:
-            t0 = time.time()
-            res.passkey[m] = {}
-            for c in lengths:
-                if c not in prompts:
-                    res.passkey[m][c] = None
-                    continue
-                hits, nlls = 0, []
-                for ids, n_ans in prompts[c]:
-                    nll, top1 = engine.score(ids, m)
-                    hits += int(top1[-n_ans:].all())
-                    nlls.append(float(nll[-n_ans:].mean()))
-                    bar.update(1)
-                res.passkey[m][c] = {"accuracy": hits / passkey_trials, "nll": float(np.mean(nlls)),
-                                     "trials": passkey_trials}
-            res.seconds[f"passkey_{m}"] = round(time.time() - t0, 1)
-        bar.close()
+        res.passkey = _probe(engine, "passkey", prompts, modes, passkey_trials, res, progress)
+    if recall_trials > 0:
+        if not recall_texts:
+            raise UsageError("the code-recall probe needs held-out code (recall_texts)")
+        rng = np.random.default_rng([seed, 1])
+        prompts = {}
+        for c in lengths:
+            try:
+                prompts[c] = [code_recall_prompt(engine, recall_texts[i % len(recall_texts)], c, rng)
+                              for i in range(recall_trials)]
+            except UsageError as e:
+                res.notes.append(f"code recall: context {c}: {e}; not probed")
+        res.recall = _probe(engine, "code recall", prompts, modes, recall_trials, res, progress)
     return res
 
 
@@ -402,8 +472,10 @@ def merge_previous(res: EvalResult, previous: dict) -> list[str]:
             continue
         res.nll[m] = {int(c): v for c, v in previous["nll"][m].items()}
         res.ppl[m] = {int(c): v for c, v in previous["ppl"][m].items()}
-        if res.passkey and m in previous.get("passkey", {}):
-            res.passkey[m] = {int(c): v for c, v in previous["passkey"][m].items()}
+        for probe in ("passkey", "recall"):
+            mine = getattr(res, probe)
+            if mine and m in previous.get(probe, {}):
+                mine[m] = {int(c): v for c, v in previous[probe][m].items()}
         for k, v in previous.get("seconds", {}).items():
             if k.endswith("_" + m):
                 res.seconds[k] = v
@@ -447,14 +519,21 @@ def markdown(res: EvalResult, title: str, extra: list[str] | None = None) -> str
         if res.advantage:
             row += f" | {-res.advantage[c]:+.3f}"
         lines.append(row + " |")
-    if res.passkey:
-        lines += ["", "Passkey retrieval (key at 10-50% depth; accuracy = all digits greedy-correct; "
-                      "mean NLL of the digits):", "",
+    for probe, intro in (("passkey", "Passkey retrieval (key at 10-50% depth; accuracy = all digits "
+                                     "greedy-correct; mean NLL of the digits)"),
+                         ("recall", "Code recall (a helper with a random three-word name defined at 10-50% depth "
+                                    "of held-out code, called at the end; accuracy = the rest of its name and "
+                                    "the call greedy-correct; mean NLL of those tokens)")):
+        table = getattr(res, probe)
+        if not table:
+            continue
+        trials = next((v["trials"] for v in table[modes[0]].values() if v), 0)
+        lines += ["", f"{intro}, {trials} prompts per length:", "",
                   "| context C | " + " | ".join(MODE_LABEL[m] for m in modes) + " |",
                   "|" + " --- |" * (1 + len(modes))]
         for c in res.lengths:
-            cells = ["n/a" if res.passkey[m][c] is None else
-                     f"{res.passkey[m][c]['accuracy']:.2f} (NLL {res.passkey[m][c]['nll']:.2f})" for m in modes]
+            cells = ["n/a" if table[m][c] is None else
+                     f"{table[m][c]['accuracy']:.2f} (NLL {table[m][c]['nll']:.2f})" for m in modes]
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
     if res.notes:
         lines += [""] + [f"- {n}" for n in res.notes]
@@ -468,7 +547,8 @@ def plot(res: EvalResult, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     modes = [m for m in MODES if m in res.ppl]
-    n = 2 if res.passkey else 1
+    probes = [(p, t) for p, t in (("passkey", "passkey retrieval"), ("recall", "code recall")) if getattr(res, p)]
+    n = 1 + len(probes)
     fig, axes = plt.subplots(1, n, figsize=(6 * n, 4.2), squeeze=False)
     ax = axes[0][0]
     for m in modes:
@@ -479,17 +559,17 @@ def plot(res: EvalResult, path: Path, title: str) -> None:
     ax.set_title("held-out perplexity")
     ax.grid(alpha=0.3)
     ax.legend()
-    if res.passkey:
-        ax = axes[0][1]
+    for i, (probe, name) in enumerate(probes, start=1):
+        table = getattr(res, probe)
+        ax = axes[0][i]
         for m in modes:
-            cs = [c for c in res.lengths if res.passkey[m][c] is not None]
-            ax.plot(cs, [res.passkey[m][c]["accuracy"] for c in cs], marker="o",
-                    label=MODE_LABEL[m])
+            cs = [c for c in res.lengths if table[m][c] is not None]
+            ax.plot(cs, [table[m][c]["accuracy"] for c in cs], marker="o", label=MODE_LABEL[m])
         ax.set_xscale("log", base=2)
         ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel("context length C (tokens)")
-        ax.set_ylabel("passkey accuracy")
-        ax.set_title("passkey retrieval")
+        ax.set_ylabel(f"{name} accuracy")
+        ax.set_title(name)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title, fontsize=10)
@@ -516,9 +596,11 @@ def write_report(res: EvalResult, out: Path, title: str, extra: list[str] | None
 
 # --- command line -------------------------------------------------------------------------------------
 
-def heldout_token_sequences(engine: Engine, source: str | None, length: int, max_docs: int | None):
+def heldout_token_sequences(engine: Engine, source: str | None, length: int, max_docs: int | None,
+                            texts: list | None = None):
     """The first `length` tokens of each evaluation document of a source (ahn_gguf.data.evaluation_documents:
-    the held-out documents of a training source, every long one of an evaluation-only source)."""
+    the held-out documents of a training source, every long one of an evaluation-only source).
+    `texts`, if given, receives the text of each document taken (for the code-recall probe)."""
     from .data import evaluation_documents, load_source, split_documents
 
     docs, prov = load_source(source)
@@ -528,6 +610,8 @@ def heldout_token_sequences(engine: Engine, source: str | None, length: int, max
         ids = engine.tokenize(doc.text)
         if len(ids) >= length:
             out.append((doc.path, ids[:length]))
+            if texts is not None:
+                texts.append(doc.text)
         if max_docs and len(out) >= max_docs:
             break
     if not out:
@@ -540,7 +624,8 @@ def heldout_token_sequences(engine: Engine, source: str | None, length: int, max
 def register(subparsers, name: str, help_text: str) -> None:
     p = subparsers.add_parser(name, help=help_text, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL", help="AHN GGUF (engine gguf), or HF base folder / 'smollm2' "
+    p.add_argument("model", metavar="MODEL", help="AHN GGUF or an embedded model's name, 'smollm2' or "
+                                                 "'qwen2.5-coder-0.5b' (engine gguf); HF base folder / 'smollm2' "
                                                  "(engine reference)")
     p.add_argument("--engine", choices=("gguf", "reference"), default="gguf")
     p.add_argument("--ahn", metavar="AHN_DIR", help="AHN folder (engine reference)")
@@ -553,6 +638,10 @@ def register(subparsers, name: str, help_text: str) -> None:
                                                 "perl-doc, git-doc (ahn_gguf.data.SOURCES), a python3.11-doc .deb, "
                                                 "or a text folder")
     p.add_argument("--passkey-trials", type=int, default=3, help="passkey prompts per length (0: none)")
+    p.add_argument("--recall-trials", type=int, default=0,
+                   help="code-recall prompts per length (default 0: none): a helper with a random three-word "
+                        "name defined at 10-50%% depth of a held-out file, called at the end; for code sources "
+                        "(python3.11-stdlib or a folder of code)")
     p.add_argument("--modes", default=None, help="comma-separated modes of full,window,ahn,matched "
                                                 "(default: all the engine can run)")
     p.add_argument("--matched-window", type=int, default=None, metavar="W'",
@@ -581,6 +670,9 @@ def _run(args) -> int:
     else:
         if args.ahn:
             raise UsageError("--ahn is for --engine reference; a GGUF carries its AHN (ahn-gguf attach)")
+        from .default_model import resolve_model
+
+        args.model = resolve_model(args.model)   # an embedded model's name -> its GGUF
         if args.max_ctx is None:
             from .gguf_io.header import read_metadata as read_gguf_metadata
 
@@ -595,9 +687,11 @@ def _run(args) -> int:
     if max(lengths) > max_ctx:
         raise UsageError(f"length {max(lengths)} exceeds --max-ctx {max_ctx}")
     t0 = time.time()
-    sequences, prov = heldout_token_sequences(engine, args.data, max(lengths), args.docs or None)
+    texts = []
+    sequences, prov = heldout_token_sequences(engine, args.data, max(lengths), args.docs or None, texts)
     res = run_eval(engine, sequences, lengths=lengths, modes=modes or None, passkey_trials=args.passkey_trials,
-                   seed=args.seed, progress=not args.no_progress)
+                   seed=args.seed, progress=not args.no_progress, recall_texts=texts,
+                   recall_trials=args.recall_trials)
     res.data = prov
     if args.reuse:
         taken = merge_previous(res, json.loads(Path(args.reuse).read_text()))

@@ -100,11 +100,9 @@ class Llama(_base_llama()):  # type: ignore[misc]
         ahn_sinks: int | None = None,
         **kwargs: Any,
     ):
-        if model_path is None:
-            from ahn_gguf.default_model import default_model_path
+        from ahn_gguf.default_model import resolve_model
 
-            model_path = default_model_path()
-        model_path = str(model_path)
+        model_path = resolve_model(model_path)   # None: the default model; 'qwen2.5-coder-0.5b': that model
 
         ahn = ahn_overrides(model_path, ahn_window, ahn_sinks, kwargs.get("n_ctx", 512))
         self.ahn_arch = ahn.arch

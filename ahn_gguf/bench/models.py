@@ -3,7 +3,8 @@
 What is here: `BenchModel` (a base GGUF and the same base with an AHN attached), the per-model
 defaults (`MODEL_DEFAULTS`: the window W of the full and the quick run; `DEFAULT_SINKS`), the
 builders of the default pair (SmolLM2-135M Q4_1 with the trained or an untrained AHN-GDN; a
-Qwen2.5-0.5B-shaped model with random weights, `QWEN05_SHAPE`) and `prepare_models`, which turns
+Qwen2.5-0.5B-shaped model with random weights, `QWEN05_SHAPE`), the real Qwen2.5-Coder-0.5B with
+its distilled AHN (`qwen_coder_model`, on request) and `prepare_models`, which turns
 the command line into that list. The cache folder (`bench_models_dir`) and the untrained-AHN
 writer are shared with `bench formulas`' shape-only GGUFs.
 
@@ -44,6 +45,7 @@ class BenchModel:
 MODEL_DEFAULTS = {
     "smollm2-135m": dict(window=1024, quick_window=128),
     "qwen2.5-0.5b": dict(window=1024, quick_window=128),
+    "qwen2.5-coder-0.5b": dict(window=1024, quick_window=128),
 }
 DEFAULT_SINKS = 64
 
@@ -174,6 +176,20 @@ def qwen05_model(window: int, sinks: int, outtype: str = "q4_k_m", log: Callable
                       f"Qwen2.5-0.5B-shaped, random weights, {outtype.upper()}", notes, 32768)
 
 
+def qwen_coder_model(window: int, sinks: int) -> BenchModel:
+    """The embedded Qwen2.5-Coder-0.5B-Instruct: its real Q4_K_M GGUF (ahn_gguf.qwen_coder) as the stock
+    model, the same file with the committed, distilled AHN-GDN attached (ahn_gguf.default_model)."""
+    from ahn_gguf import qwen_coder
+    from ahn_gguf.default_model import MODELS, embedded_model_path
+
+    name = "qwen2.5-coder-0.5b"
+    notes = [f"base: {qwen_coder.NAME} (real weights; {qwen_coder.LICENSE})",
+             f"AHN: the distilled AHN-GDN sidecar {MODELS[name].sidecar.name}, attached"]
+    return BenchModel(name, qwen_coder.gguf_path(), embedded_model_path(name), window, sinks,
+                      "Qwen2.5-Coder-0.5B-Instruct Q4_K_M, real weights (24 layers, D 896, 14 heads / 2 KV heads, "
+                      "d 64)", notes, 32768)
+
+
 def model_from_paths(name: str, stock: str | Path, ahn: str | Path, window: int, sinks: int) -> BenchModel:
     return BenchModel(name, Path(stock), Path(ahn), window, sinks, f"{Path(stock).name} / {Path(ahn).name}",
                       [f"user-given files: stock {stock}, AHN {ahn}"])
@@ -192,6 +208,8 @@ def prepare_models(args: argparse.Namespace, log: Callable[[str], None]) -> list
         W = args.window or (d["quick_window"] if args.quick else d["window"])
         if name == "smollm2-135m":
             out.append(smollm2_model(W, args.sinks, log))
+        elif name == "qwen2.5-coder-0.5b":
+            out.append(qwen_coder_model(W, args.sinks))
         else:
             out.append(qwen05_model(W, args.sinks, args.qwen_type, log))
     return out

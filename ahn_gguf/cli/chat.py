@@ -123,7 +123,8 @@ def register(sub, name: str, help_text: str) -> None:
         name,
         help=help_text,
         description="Chat in the terminal with an AHN model; each turn evaluates only its new tokens.\n\n" + HELP,
-        epilog="examples:\n  ahn-gguf chat\n  ahn-gguf chat model.gguf --window 2048 --sinks 64 --threads 4",
+        epilog="examples:\n  ahn-gguf chat\n  ahn-gguf chat qwen2.5-coder-0.5b\n"
+               "  ahn-gguf chat model.gguf --window 2048 --sinks 64 --threads 4",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_arguments(p, n_ctx=65536, n_ctx_help="position limit of the conversation")

@@ -9,7 +9,9 @@ def add_model_arguments(p: argparse.ArgumentParser, *, n_ctx: int, n_ctx_help: s
     """MODEL (optional: the embedded default), --window, --sinks, --n-ctx, --threads, --n-gpu-layers.
 
     W and S default to the GGUF's own and are checked against n_ctx by `runtime.ahn_overrides`."""
-    p.add_argument("model", nargs="?", help="AHN GGUF (default: the embedded SmolLM2 + AHN)")
+    from ahn_gguf.default_model import MODEL_NAMES_HELP
+
+    p.add_argument("model", nargs="?", help=f"AHN GGUF, or an embedded model: {MODEL_NAMES_HELP}")
     g = p.add_argument_group("model")
     g.add_argument("--window", type=int, help="AHN window W (default: from the GGUF)")
     g.add_argument("--sinks", type=int, help="AHN sink tokens S (default: from the GGUF)")

@@ -28,12 +28,14 @@ def register(sub, name: str, help_text: str) -> None:
         description=(
             "Generate a reply to a prompt (optionally after a long document) with an AHN GGUF, "
             "streaming tokens, then print speed and the memory by part (window K/V, sinks, gate "
-            "cache, recurrent state). Default model: the embedded SmolLM2-135M-Instruct + AHN-GDN."
+            "cache, recurrent state). Default model: the embedded SmolLM2-135M-Instruct + AHN-GDN; "
+            "'qwen2.5-coder-0.5b' names the embedded Qwen2.5-Coder-0.5B-Instruct (Q4_K_M) + AHN-GDN."
         ),
         epilog=(
             "examples:\n"
             "  ahn-gguf run                                  # demo: long document + question\n"
             "  ahn-gguf run model.gguf -p 'Tell me a story' --max-tokens 200\n"
+            "  ahn-gguf run qwen2.5-coder-0.5b --file module.py -p 'Which functions does it define?'\n"
             "  ahn-gguf run model.gguf --file book.txt -p 'Summarise the book.' --window 1024 --sinks 64\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,

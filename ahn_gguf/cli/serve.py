@@ -83,13 +83,10 @@ def register(sub, name: str, help_text: str) -> None:
 def model_overrides(args) -> tuple[str, bool, list[str]]:
     """The model to serve (default: the embedded one), validated, whether it has an AHN, and its window/sink
     overrides as llama.cpp's KEY=int:VALUE strings (both engines take them in this form)."""
+    from ahn_gguf.default_model import resolve_model
     from ahn_gguf.runtime import ahn_overrides
 
-    model = args.model
-    if model is None:
-        from ahn_gguf.default_model import default_model_path
-
-        model = str(default_model_path())
+    model = resolve_model(args.model)
     ahn = ahn_overrides(model, args.window, args.sinks, args.n_ctx)
     return model, ahn.arch is not None, ahn.override_args()
 

