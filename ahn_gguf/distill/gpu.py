@@ -5,9 +5,11 @@ here), but such a machine cannot download the base model or the training text, a
 carries at most 64 MiB. So the run is prepared here and replayed there, in two halves:
 
 `python -m ahn_gguf.distill.gpu pack DIR` (here): writes DIR/manifest.json and the pieces:
-- base.gguf.partNN: the SmolLM2-135M-Instruct Q4_1 GGUF (98 MB, sha256-pinned) cut into pieces of
-  at most --piece-mib MiB (default 40): the base is dequantized there exactly as here
-  (ahn_gguf.smollm2.write_hf_dir), so the AHN is trained against the same float32 weights;
+- base.gguf.partNN: the base's quantized GGUF (`--base`: smollm2, the SmolLM2-135M-Instruct Q4_1,
+  98 MB, 3 pieces; or qwen2.5-coder-0.5b, the Qwen2.5-Coder-0.5B-Instruct Q4_K_M, 491 MB, 9 calls
+  with --piece-mib 56)
+  cut into pieces of at most --piece-mib MiB (default 40): the base is dequantized there exactly as
+  here (the base module's write_hf_dir), so the AHN is trained against the same float32 weights;
 - inputs.tar: the pinned gguf-py (the dequantizer's GGUF reader, from the llama-cpp-python sdist)
   and the training text: the sources' Debian packages (ahn_gguf.data.SOURCES, sha256-pinned), or
   a folder's text files;
@@ -47,8 +49,9 @@ from ahn_gguf.errors import AHNError
 MANIFEST = "manifest.json"
 GGUF_PIECE = "base.gguf.part{:02d}"
 INPUTS = "inputs.tar"
-BASE_NAME = "smollm2"
 CARRY_LIMIT_MIB = 64
+# the named bases a pack can carry: name -> the module with its pinned gguf_path() and write_hf_dir(src, target)
+BASES = {"smollm2": "ahn_gguf.smollm2", "qwen2.5-coder-0.5b": "ahn_gguf.qwen_coder"}
 
 
 class GPUPackError(AHNError, RuntimeError):
@@ -57,16 +60,25 @@ class GPUPackError(AHNError, RuntimeError):
 
 # --- here: the pack -------------------------------------------------------------------------------
 
-def make_pack(out: Path, data: str | None = None, piece_mib: int = 40) -> dict:
+def base_module(name: str):
+    """The module of a named base (BASES)."""
+    import importlib
+
+    if name not in BASES:
+        raise GPUPackError(f"base {name!r}: a pack carries one of {', '.join(BASES)}")
+    return importlib.import_module(BASES[name])
+
+
+def make_pack(out: Path, data: str | None = None, piece_mib: int = 40, base: str = "smollm2") -> dict:
     """Write the pack (see the module docstring) and return its manifest."""
     from ahn_gguf import data as D
     from ahn_gguf.build.pins import extract_member
-    from ahn_gguf.smollm2 import gguf_path
 
+    module = base_module(base)
     if not 1 <= piece_mib <= CARRY_LIMIT_MIB - 8:
         raise GPUPackError(f"--piece-mib {piece_mib}: pieces must leave room under the {CARRY_LIMIT_MIB} MiB a call carries")
     out.mkdir(parents=True, exist_ok=True)
-    gguf = gguf_path()
+    gguf = module.gguf_path()
     piece = piece_mib << 20
     pieces = []
     with open(gguf, "rb") as f:
@@ -103,7 +115,7 @@ def make_pack(out: Path, data: str | None = None, piece_mib: int = 40) -> dict:
         current.append(n)
         size += files[n]["bytes"]
     calls.append(current)
-    manifest = {"base": BASE_NAME, "gguf": gguf.name, "gguf_sha256": sha256_file(gguf), "gguf_pieces": pieces,
+    manifest = {"base": base, "gguf": gguf.name, "gguf_sha256": sha256_file(gguf), "gguf_pieces": pieces,
                 "files": files, "data": ",".join(spec), "calls": calls,
                 "made": time.strftime("%Y-%m-%d %H:%M:%S")}
     write_bytes(out / MANIFEST, json.dumps(manifest, indent=1).encode())
@@ -144,8 +156,9 @@ def stage(pack: Path, work: Path) -> tuple[dict, list[str]]:
 
 def assemble(manifest: dict, work: Path) -> tuple[Path, str]:
     """(the base folder, the data spec with folders resolved) from a complete WORK/pieces. Idempotent."""
-    from ahn_gguf.smollm2 import PROVENANCE_FILE, write_hf_dir
+    from ahn_gguf.gguf_io.to_hf import PROVENANCE_FILE
 
+    module = base_module(manifest.get("base", "smollm2"))   # packs made before --base carried SmolLM2
     pieces = work / "pieces"
     gguf = work / manifest["gguf"]
     if not gguf.is_file() or sha256_file(gguf) != manifest["gguf_sha256"]:
@@ -170,7 +183,7 @@ def assemble(manifest: dict, work: Path) -> tuple[Path, str]:
             shutil.copyfile(deb, debs / deb.name)
     base = work / "base"
     if not (base / PROVENANCE_FILE).is_file():
-        write_hf_dir(gguf, base)
+        module.write_hf_dir(gguf, base)
     spec = ",".join(str(inputs / s[1:]) if s.startswith("@") else s for s in manifest["data"].split(","))
     return base, spec
 
@@ -233,6 +246,8 @@ def main(argv=None) -> int:
     a.add_argument("dir", metavar="DIR")
     a.add_argument("--data", default=None, help="training sources (default: ahn_gguf.data.TRAIN_MIXTURE) or a folder")
     a.add_argument("--piece-mib", type=int, default=40, help="largest piece in MiB (default 40)")
+    a.add_argument("--base", default="smollm2", choices=sorted(BASES),
+                   help="the base to carry (default smollm2; qwen2.5-coder-0.5b takes 9 calls with --piece-mib 56)")
     b = sub.add_parser("run", help="stage, assemble, train for --minutes (there)")
     b.add_argument("--pack", required=True, help="folder with the manifest and the pieces carried in this call")
     b.add_argument("--work", default="~/ahn-distill-work", help="persistent work folder (default ~/ahn-distill-work)")
@@ -245,7 +260,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         if args.cmd == "pack":
-            m = make_pack(Path(args.dir), args.data, args.piece_mib)
+            m = make_pack(Path(args.dir), args.data, args.piece_mib, args.base)
             for i, call in enumerate(m["calls"]):
                 mib = sum(m["files"][n]["bytes"] for n in call) / (1 << 20)
                 print(f"call {i + 1}: carry {', '.join(call)} ({mib:.1f} MiB) and {MANIFEST}")

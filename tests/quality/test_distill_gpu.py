@@ -98,3 +98,31 @@ def test_calls_stage_then_train_then_resume_offline(pack, tmp_path):
                         data=log["config"]["data"], checkpoint_every_s=1e9)
     resumed = Distiller(cfg, resume=True)
     assert resumed.step == 2 and [r["loss"] for r in resumed.log.records] == [r["loss"] for r in log["records"]]
+
+
+def test_a_pack_can_carry_the_qwen_coder_base(tmp_path, monkeypatch):
+    """--base qwen2.5-coder-0.5b: its 491 MB Q4_K_M GGUF in pieces, every call under the limit, the pieces
+    concatenated give the pinned file; there, the base is dequantized by qwen_coder's own writer."""
+    from ahn_gguf import qwen_coder
+    from ahn_gguf.build.pins import sha256_file
+
+    text = tmp_path / "text"
+    text.mkdir()
+    (text / "doc.txt").write_text("def f(x):\n    return x\n" * 200)
+    m = gpu.make_pack(tmp_path / "pack", data=str(text), piece_mib=56, base="qwen2.5-coder-0.5b")
+    assert m["base"] == "qwen2.5-coder-0.5b" and m["gguf"] == qwen_coder.GGUF_NAME
+    assert len(m["gguf_pieces"]) == 9 and len(m["calls"]) == 9
+    for c in m["calls"]:
+        assert sum(m["files"][n]["bytes"] for n in c) <= (gpu.CARRY_LIMIT_MIB - 4) << 20
+    work = tmp_path / "work"
+    manifest, missing = gpu.stage(tmp_path / "pack", work)
+    assert not missing
+    written = []
+    monkeypatch.setattr(qwen_coder, "write_hf_dir", lambda src, target: written.append((src, target)))
+    monkeypatch.setenv("AHN_GGUF_CACHE", str(tmp_path / "cache"))     # assemble sets both: restored after the test
+    monkeypatch.setenv("AHN_GGUF_GGUF_PY", str(tmp_path / "none"))
+    base, spec = gpu.assemble(manifest, work)
+    assert sha256_file(work / qwen_coder.GGUF_NAME) == qwen_coder.GGUF_SHA256
+    assert written == [(work / qwen_coder.GGUF_NAME, base)] and spec == str(work / "inputs" / "text" / "0-text")
+    with pytest.raises(gpu.GPUPackError, match="a pack carries one of"):
+        gpu.make_pack(tmp_path / "other", base="llama-7b")
