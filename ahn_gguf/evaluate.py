@@ -28,7 +28,7 @@ C tokens and asks for it at the end; a trial counts when every digit of the key 
 The code-recall probe (`--recall-trials N`, for code) defines a helper with a random three-word name
 (`def amber_orbit_ledger(items): ...`) at a line boundary 10-50% deep into a real held-out file and,
 after the rest of the file, calls it with its first word given (`records = amber`): a trial counts
-when the rest of the name and the call are greedy-correct. It asks what a coding assistant needs of
+when the rest of the name (`_orbit_ledger`) is greedy-correct. It asks what a coding assistant needs of
 a long file: a name defined far back, used at the end.
 
 Engines:
@@ -330,13 +330,13 @@ def code_recall_prompt(engine: Engine, code: str, length: int, rng: np.random.Ge
     A helper with a three-word name (`RECALL_WORDS`) is defined at a line boundary at 10-50% depth
     of real code (`code`: a held-out file); the code that follows is the file's own, and at the end a
     comment asks for the helper and the code calls it: `records = <first word>` -- the answer is the
-    rest of the name and the call, `_<second>_<third>(records)`. Only a model that still holds the
-    definition can complete it: the two last words are random."""
+    rest of the name, `_<second>_<third>` (not the call's argument, which the definition does not
+    fix). Only a model that still holds the definition can complete it: the two last words are random."""
     words = [str(w) for w in rng.choice(RECALL_WORDS, 3, replace=False)]
     needle = engine.tokenize(f"\n\ndef {'_'.join(words)}(items):\n    \"\"\"Return the items in a stable order.\"\"\"\n"
                              f"    return sorted(items)\n\n")
     question = engine.tokenize(f"\n\n\n# sort the records with the helper defined above\nrecords = {words[0]}")
-    answer = engine.tokenize(f"_{words[1]}_{words[2]}(records)")
+    answer = engine.tokenize(f"_{words[1]}_{words[2]}")
     n_fill = length - len(needle) - len(question) - len(answer)
     if n_fill < 8:
         raise UsageError(f"context {length} is too short for the code-recall prompt")
@@ -387,10 +387,11 @@ def default_modes(engine: Engine) -> tuple[str, ...]:
 
 
 def run_eval(engine: Engine, sequences, *, lengths, modes=None, passkey_trials: int = 3, seed: int = 0,
-             progress: bool = True, recall_texts=(), recall_trials: int = 0) -> EvalResult:
+             progress: bool = True, recall_texts=(), recall_trials: int = 0, perplexity: bool = True) -> EvalResult:
     """Perplexity beyond the window for every mode and length (default: `default_modes`), the passkey
     probe (`passkey_trials` prompts per length), and the code-recall probe (`recall_trials` prompts per
-    length, built from `recall_texts`, real held-out code, taken in turn)."""
+    length, built from `recall_texts`, real held-out code, taken in turn). `perplexity=False`: the
+    probes alone (`sequences` unused)."""
     from tqdm import tqdm
 
     modes = tuple(modes) if modes else default_modes(engine)
@@ -402,26 +403,27 @@ def run_eval(engine: Engine, sequences, *, lengths, modes=None, passkey_trials: 
     for ids in (s for _, s in sequences):
         if len(ids) < max_len:
             raise UsageError(f"a sequence has {len(ids)} tokens, fewer than the longest context {max_len}")
-    sums = {m: {c: 0.0 for c in lengths} for m in modes}
-    counts = {c: 0 for c in lengths}
-    bar = tqdm(total=len(sequences) * len(modes), desc="perplexity", disable=not progress, file=sys.stderr)
-    for m in modes:
-        t0 = time.time()
-        for _path, ids in sequences:
-            nll, _ = engine.score(ids[:max_len], m)   # nll[t]: predicting token t+1 from positions <= t
-            for c in lengths:
-                part = nll[first:c - 1]
-                sums[m][c] += float(part.sum())
-                if m == modes[0]:
-                    counts[c] += len(part)
-            bar.update(1)
-        res.seconds[f"perplexity_{m}"] = round(time.time() - t0, 1)
-    bar.close()
-    for m in modes:
-        res.nll[m] = {c: sums[m][c] / max(counts[c], 1) for c in lengths}
-        res.ppl[m] = {c: math.exp(v) for c, v in res.nll[m].items()}
-    res.positions = counts
-    gap_closed(res)
+    if perplexity:
+        sums = {m: {c: 0.0 for c in lengths} for m in modes}
+        counts = {c: 0 for c in lengths}
+        bar = tqdm(total=len(sequences) * len(modes), desc="perplexity", disable=not progress, file=sys.stderr)
+        for m in modes:
+            t0 = time.time()
+            for _path, ids in sequences:
+                nll, _ = engine.score(ids[:max_len], m)   # nll[t]: predicting token t+1 from positions <= t
+                for c in lengths:
+                    part = nll[first:c - 1]
+                    sums[m][c] += float(part.sum())
+                    if m == modes[0]:
+                        counts[c] += len(part)
+                bar.update(1)
+            res.seconds[f"perplexity_{m}"] = round(time.time() - t0, 1)
+        bar.close()
+        for m in modes:
+            res.nll[m] = {c: sums[m][c] / max(counts[c], 1) for c in lengths}
+            res.ppl[m] = {c: math.exp(v) for c, v in res.nll[m].items()}
+        res.positions = counts
+        gap_closed(res)
 
     if passkey_trials > 0:
         rng = np.random.default_rng(seed)
@@ -490,8 +492,13 @@ def _fmt(x, nd=3):
     return "n/a" if x is None else f"{x:.{nd}f}"
 
 
+def _modes(res: EvalResult) -> list[str]:
+    """The modes measured, by perplexity or by a probe, in MODES order."""
+    return [m for m in MODES if m in res.ppl or m in res.passkey or m in res.recall]
+
+
 def markdown(res: EvalResult, title: str, extra: list[str] | None = None) -> str:
-    modes = [m for m in MODES if m in res.ppl]
+    modes = _modes(res)
     lines = [f"# {title}", ""]
     lines += extra or []
     lines += ["", f"Window W = {res.window}, sinks S = {res.sinks}; perplexity over query positions "
@@ -510,8 +517,9 @@ def markdown(res: EvalResult, title: str, extra: list[str] | None = None) -> str
     if res.advantage:
         head += " | AHN - matched"
     head += " |"
-    lines += [head, "|" + " --- |" * (2 + len(modes) + bool(res.gap_closed) + bool(res.advantage))]
-    for c in res.lengths:
+    if res.ppl:
+        lines += [head, "|" + " --- |" * (2 + len(modes) + bool(res.gap_closed) + bool(res.advantage))]
+    for c in (res.lengths if res.ppl else ()):
         row = f"| {c} | {res.positions[c]} | " + " | ".join(_fmt(res.ppl[m][c]) for m in modes)
         if res.gap_closed:
             g = res.gap_closed[c]
@@ -522,8 +530,8 @@ def markdown(res: EvalResult, title: str, extra: list[str] | None = None) -> str
     for probe, intro in (("passkey", "Passkey retrieval (key at 10-50% depth; accuracy = all digits "
                                      "greedy-correct; mean NLL of the digits)"),
                          ("recall", "Code recall (a helper with a random three-word name defined at 10-50% depth "
-                                    "of held-out code, called at the end; accuracy = the rest of its name and "
-                                    "the call greedy-correct; mean NLL of those tokens)")):
+                                    "of held-out code, called at the end with its first word given; accuracy = "
+                                    "the rest of its name greedy-correct; mean NLL of those tokens)")):
         table = getattr(res, probe)
         if not table:
             continue
@@ -546,20 +554,22 @@ def plot(res: EvalResult, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    modes = [m for m in MODES if m in res.ppl]
+    modes = _modes(res)
     probes = [(p, t) for p, t in (("passkey", "passkey retrieval"), ("recall", "code recall")) if getattr(res, p)]
-    n = 1 + len(probes)
+    first = 1 if res.ppl else 0
+    n = first + len(probes)
     fig, axes = plt.subplots(1, n, figsize=(6 * n, 4.2), squeeze=False)
-    ax = axes[0][0]
-    for m in modes:
-        ax.plot(res.lengths, [res.ppl[m][c] for c in res.lengths], marker="o", label=MODE_LABEL[m])
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("context length C (tokens)")
-    ax.set_ylabel(f"perplexity, positions >= S+W = {res.sinks + res.window}")
-    ax.set_title("held-out perplexity")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    for i, (probe, name) in enumerate(probes, start=1):
+    if res.ppl:
+        ax = axes[0][0]
+        for m in modes:
+            ax.plot(res.lengths, [res.ppl[m][c] for c in res.lengths], marker="o", label=MODE_LABEL[m])
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context length C (tokens)")
+        ax.set_ylabel(f"perplexity, positions >= S+W = {res.sinks + res.window}")
+        ax.set_title("held-out perplexity")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    for i, (probe, name) in enumerate(probes, start=first):
         table = getattr(res, probe)
         ax = axes[0][i]
         for m in modes:
@@ -642,6 +652,8 @@ def register(subparsers, name: str, help_text: str) -> None:
                    help="code-recall prompts per length (default 0: none): a helper with a random three-word "
                         "name defined at 10-50%% depth of a held-out file, called at the end; for code sources "
                         "(python3.11-stdlib or a folder of code)")
+    p.add_argument("--no-perplexity", action="store_true",
+                   help="the probes alone (--passkey-trials, --recall-trials): no perplexity pass")
     p.add_argument("--modes", default=None, help="comma-separated modes of full,window,ahn,matched "
                                                 "(default: all the engine can run)")
     p.add_argument("--matched-window", type=int, default=None, metavar="W'",
@@ -687,11 +699,13 @@ def _run(args) -> int:
     if max(lengths) > max_ctx:
         raise UsageError(f"length {max(lengths)} exceeds --max-ctx {max_ctx}")
     t0 = time.time()
+    if args.no_perplexity and args.passkey_trials <= 0 and args.recall_trials <= 0:
+        raise UsageError("--no-perplexity leaves nothing to measure: give --passkey-trials or --recall-trials")
     texts = []
     sequences, prov = heldout_token_sequences(engine, args.data, max(lengths), args.docs or None, texts)
     res = run_eval(engine, sequences, lengths=lengths, modes=modes or None, passkey_trials=args.passkey_trials,
                    seed=args.seed, progress=not args.no_progress, recall_texts=texts,
-                   recall_trials=args.recall_trials)
+                   recall_trials=args.recall_trials, perplexity=not args.no_perplexity)
     res.data = prov
     if args.reuse:
         taken = merge_previous(res, json.loads(Path(args.reuse).read_text()))

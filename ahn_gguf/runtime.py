@@ -9,6 +9,8 @@ A drop-in: every argument and method of `llama_cpp.Llama` works as before
   reach llama.cpp through `kv_overrides`);
 - `ahn_memory()` reports the memory by part: window K/V, sinks, write-gate cache, recurrent
   state (bytes in use and allocated).
+- `model_path` may be an embedded model's name (`Llama("qwen2.5-coder-0.5b")`) or None (the
+  default SmolLM2 + AHN): `ahn_gguf.default_model.resolve_model`.
 
 With an AHN, `n_ctx` only bounds positions: the cache holds S + W tokens plus one ubatch,
 whatever `n_ctx` is. Stock GGUFs (no AHN) load and run exactly as in llama-cpp-python.

@@ -40,7 +40,8 @@ def test_wheel_carries_the_build_inputs(dists):
     assert sorted(n[len("ahn_gguf/_patches/"):] for n in names if n.startswith("ahn_gguf/_patches/") and n.endswith(".patch")) == patches
     for f in ("ahn_memory.h", "ahn_memory.c", "ahn_memory_avx2.c", "cuda/ahn_memory_cuda.cuh"):
         assert f"ahn_gguf/_native/{f}" in names
-    assert "ahn_gguf/data/smollm2-135m-ahn-gdn.gguf" in names
+    for sidecar in ("smollm2-135m-ahn-gdn", "qwen2.5-coder-0.5b-ahn-gdn"):   # the embedded models' AHNs and logs
+        assert f"ahn_gguf/data/{sidecar}.gguf" in names and f"ahn_gguf/data/{sidecar}.training-log.json" in names
     assert "ahn_gguf/convert/pipeline.py" in names
 
 

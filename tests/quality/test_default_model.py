@@ -108,6 +108,29 @@ def test_building_the_default_model_leaves_stdout_to_its_path(tmp_path, monkeypa
     assert out == "" and "building the default model" in err
 
 
+def test_the_qwen_sidecar_is_a_trained_gdn_for_qwen2_5_coder_whose_validation_kl_fell():
+    """The embedded Qwen model's AHN: what the README says, a real run's output (its log: every step, a
+    falling validation KL on sequences set aside from training), not a fresh or random AHN."""
+    from ahn_gguf.convert.ahn import hf_tensors_from_gguf
+    from ahn_gguf.default_model import MODELS
+    from ahn_gguf.gguf_io.header import read_metadata
+
+    model = MODELS["qwen2.5-coder-0.5b"]
+    meta = read_metadata(str(model.sidecar))
+    assert meta["ahn.base.architecture"] == "qwen2" and meta["ahn.ahn.variant"] == "GatedDeltaNet"
+    assert (meta["ahn.ahn.window"], meta["ahn.ahn.sinks"]) == (1024, 32)
+    assert (meta["ahn.base.block_count"], meta["ahn.base.embedding_length"]) == (24, 896)   # Qwen2.5-0.5B
+    log = json.loads(model.training_log.read_text())
+    assert log["config"]["base"] == "qwen2.5-coder-0.5b" and log["config"]["data"] == "python3.11-stdlib"
+    assert log["base"]["weights"].startswith("Q4_K_M GGUF") and log["status"] == "done"
+    assert [r["step"] for r in log["records"]] == list(range(1, log["config"]["steps"] + 1))
+    val = [v["loss"] for v in log["validation"]]
+    assert log["validation"][0]["step"] == 0 and val[-1] < 0.98 * val[0]     # step 0 = the window alone
+    _, tensors = hf_tensors_from_gguf(model.sidecar)
+    o_proj = [v for k, v in tensors.items() if k.endswith("o_proj.weight")]
+    assert len(o_proj) == 24 and all(np.abs(w).max() > 0 for w in o_proj)     # trained: o_proj starts at zero
+
+
 def test_embedded_model_names_resolve_to_their_attached_gguf(tmp_path, monkeypatch, capsys):
     """`ahn-gguf run qwen2.5-coder-0.5b`: each embedded name gives its base + committed sidecar merged in the
     cache (named by the sidecar's hash); None gives the default; a path, or a file named like a model in
