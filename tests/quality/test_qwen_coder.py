@@ -116,7 +116,7 @@ def test_the_embedded_qwen_model_runs_its_distilled_ahn_as_the_reference_does(ba
     info = check_gguf_file(path)
     assert (info.arch, info.ahn_window, info.ahn_sinks) == ("qwen2ahn", 1024, 32)   # what it was trained for
     variant, arrays = hf_tensors_from_gguf(MODELS["qwen2.5-coder-0.5b"].sidecar)
-    assert variant == "gdn"
+    assert variant == "GatedDeltaNet"
     attach_ahn(model, "gdn", window=W, sinks=S)
     missing = model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()}, strict=False)
     assert not missing.unexpected_keys and all(k.endswith(".D") for k in missing.missing_keys if ".ahn." in k)
