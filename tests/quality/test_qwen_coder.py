@@ -40,6 +40,16 @@ def base():
     return folder, load_reference(folder).eval(), load_tokenizer(folder), text
 
 
+def reference_with_memory(model, x):
+    """The reference's logits with the AHN (W, S), and how far its memory moves them from the window alone
+    beyond S + W (KL): a parity check must exercise the memory."""
+    with torch.no_grad():
+        ref_ahn = model(x, mode="ahn", window=W, sinks=S)[0].numpy()
+        ref_window = model(x, mode="window", window=W, sinks=S)[0].numpy()
+    kl_memory, _ = kl_and_top1(ref_ahn[S + W:], ref_window[S + W:])
+    return ref_ahn, kl_memory
+
+
 def runtime_logits(path, ids, n_ctx, **kw):
     from ahn_gguf.runtime import Llama
 
@@ -88,11 +98,8 @@ def test_q4_k_m_runtime_matches_the_dequantized_reference_with_and_without_an_ah
     save_ahn(model, tmp_path / "ahn", dtype=torch.float32)
     sidecar = convert_ahn_only(str(tmp_path / "ahn"), tmp_path / "ahn.gguf", progress=False)
     merged = attach(qwen_coder.gguf_path(), str(sidecar), tmp_path / "qwen-coder-ahn.gguf", progress=False)
-    with torch.no_grad():
-        ref_ahn = model(x, mode="ahn", window=W, sinks=S)[0].numpy()
-        ref_window = model(x, mode="window", window=W, sinks=S)[0].numpy()
+    ref_ahn, kl_memory = reference_with_memory(model, x)
     beyond = slice(S + W, None)
-    kl_memory, _ = kl_and_top1(ref_ahn[beyond], ref_window[beyond])
     assert kl_memory > 1e-3, "the AHN does not change the logits: the check would not exercise it"
     got = runtime_logits(merged, ids, 1024)
     kl, top1 = kl_and_top1(ref_ahn, got)
@@ -122,11 +129,8 @@ def test_the_embedded_qwen_model_runs_its_distilled_ahn_as_the_reference_does(ba
     assert not missing.unexpected_keys and all(k.endswith(".D") for k in missing.missing_keys if ".ahn." in k)
     ids = tok.encode(text, add_special_tokens=False).ids[:N_TOKENS]
     x = torch.tensor([ids])
-    with torch.no_grad():
-        ref_ahn = model(x, mode="ahn", window=W, sinks=S)[0].numpy()
-        ref_window = model(x, mode="window", window=W, sinks=S)[0].numpy()
+    ref_ahn, kl_memory = reference_with_memory(model, x)
     beyond = slice(S + W, None)
-    kl_memory, _ = kl_and_top1(ref_ahn[beyond], ref_window[beyond])
     assert kl_memory > 1e-4, "the distilled AHN does not change the logits"
     got = runtime_logits(path, ids, 1024, ahn_window=W, ahn_sinks=S)
     kl_b, top1_b = kl_and_top1(ref_ahn[beyond], got[beyond])
