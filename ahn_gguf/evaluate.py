@@ -501,9 +501,10 @@ def markdown(res: EvalResult, title: str, extra: list[str] | None = None) -> str
     modes = _modes(res)
     lines = [f"# {title}", ""]
     lines += extra or []
-    lines += ["", f"Window W = {res.window}, sinks S = {res.sinks}; perplexity over query positions "
-                  f">= S + W = {res.sinks + res.window} of {len(res.documents)} held-out documents "
-                  f"(first C tokens of each).", ""]
+    scored = (f"perplexity over query positions >= S + W = {res.sinks + res.window} of {len(res.documents)} "
+              f"held-out documents (first C tokens of each)" if res.ppl else
+              f"probes only (no perplexity pass), built from {len(res.documents)} held-out documents")
+    lines += ["", f"Window W = {res.window}, sinks S = {res.sinks}; {scored}.", ""]
     if res.matched_window is not None and "matched" in modes:
         mem = res.engine.get("memory") or {}
         how = (f" = {res.window} + floor(({mem['state_bytes']:,} state bytes + {mem['gate_bytes_per_token']:,} gate bytes "
