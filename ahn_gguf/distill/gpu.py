@@ -50,8 +50,9 @@ MANIFEST = "manifest.json"
 GGUF_PIECE = "base.gguf.part{:02d}"
 INPUTS = "inputs.tar"
 CARRY_LIMIT_MIB = 64
-# the named bases a pack can carry: name -> the module with its pinned gguf_path() and write_hf_dir(src, target)
-BASES = {"smollm2": "ahn_gguf.smollm2", "qwen2.5-coder-0.5b": "ahn_gguf.qwen_coder"}
+# the named bases a pack can carry (trainer.NAMED_BASES' canonical names): each one's module has its pinned
+# gguf_path() and write_hf_dir(src, target)
+BASES = ("smollm2", "qwen2.5-coder-0.5b")
 
 
 class GPUPackError(AHNError, RuntimeError):
@@ -64,9 +65,11 @@ def base_module(name: str):
     """The module of a named base (BASES)."""
     import importlib
 
+    from .trainer import NAMED_BASES
+
     if name not in BASES:
         raise GPUPackError(f"base {name!r}: a pack carries one of {', '.join(BASES)}")
-    return importlib.import_module(BASES[name])
+    return importlib.import_module(f"ahn_gguf.{NAMED_BASES[name][0]}")
 
 
 def make_pack(out: Path, data: str | None = None, piece_mib: int = 40, base: str = "smollm2") -> dict:
