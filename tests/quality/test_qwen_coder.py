@@ -178,7 +178,7 @@ def test_ahn_gguf_chat_takes_the_embedded_qwen_model_by_name():
     import sys
 
     pexpect = pytest.importorskip("pexpect", reason="pexpect is a dev dependency (pip install -e .[dev])")
-    child = pexpect.spawn(sys.executable, ["-m", "ahn_gguf.cli", "chat", "qwen2.5-coder-0.5b", "--max-tokens", "16",
+    child = pexpect.spawn(sys.executable, ["-m", "ahn_gguf.cli", "chat", "qwen2.5-coder-0.5b", "--max-tokens", "48",
                                            "--threads", "1"], encoding="utf-8", timeout=600,
                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
