@@ -131,6 +131,27 @@ def test_the_qwen_sidecar_is_a_trained_gdn_for_qwen2_5_coder_whose_validation_kl
     assert len(o_proj) == 24 and all(np.abs(w).max() > 0 for w in o_proj)     # trained: o_proj starts at zero
 
 
+def test_the_w512_checkpoint_in_reports_is_the_run_its_report_describes():
+    """reports/distill-smollm2-w512/: the sidecar a later run warm-starts from is a GDN for SmolLM2 at W 512,
+    S 32, and its log is that run's: warm-started from the default, every step logged, stopped at step 126,
+    its validation KL (step 0 = the default's AHN at W 512) lower by the report's 1.9%."""
+    from ahn_gguf.convert.ahn import hf_tensors_from_gguf
+    from ahn_gguf.gguf_io.header import read_metadata
+
+    folder = Path(__file__).resolve().parents[2] / "reports" / "distill-smollm2-w512"
+    sidecar = folder / "smollm2-135m-ahn-gdn-w512-step126.gguf"
+    meta = read_metadata(str(sidecar))
+    assert meta["ahn.ahn.variant"] == "GatedDeltaNet" and (meta["ahn.ahn.window"], meta["ahn.ahn.sinks"]) == (512, 32)
+    assert meta["ahn.base.block_count"] == 30                                   # SmolLM2-135M
+    log = json.loads((folder / "training-log.json").read_text())
+    assert log["config"]["base"] == "smollm2" and log["config"]["init_from"].endswith("smollm2-135m-ahn-gdn.gguf")
+    assert log["status"] == "interrupted" and [r["step"] for r in log["records"]] == list(range(1, 127))
+    val = {v["step"]: v["loss"] for v in log["validation"]}
+    assert round(1 - val[125] / val[0], 3) == 0.019
+    _, tensors = hf_tensors_from_gguf(sidecar)
+    assert len([k for k in tensors if k.endswith("o_proj.weight")]) == 30
+
+
 def test_embedded_model_names_resolve_to_their_attached_gguf(tmp_path, monkeypatch, capsys):
     """`ahn-gguf run qwen2.5-coder-0.5b`: each embedded name gives its base + committed sidecar merged in the
     cache (named by the sidecar's hash); None gives the default; a path, or a file named like a model in
