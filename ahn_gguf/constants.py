@@ -66,6 +66,9 @@ KEY_SINKS = "{arch}.ahn.sinks"                # u32, default S
 KEY_LAYERS = "{arch}.ahn.layers"              # arr[i32], one flag per layer: 1 = AHN, 0 = full attention
 KEY_NORM_EPS = "{arch}.ahn.norm_epsilon"      # f32, eps of the readout RMSNorm
 KEY_MEMORY_ENABLED = "{arch}.ahn.memory_enabled"  # bool, default true; false = sinks + window only (ablation)
+KEY_MEMORY_TYPE = "{arch}.ahn.memory_type"    # string, "f32" (default) or "f16": how the recurrent states and
+                                              # the per-token write gates are stored (computed in F32 either way)
+MEMORY_TYPES = ("f32", "f16")
 
 # provenance (not read by the runtime)
 KEY_SOURCE_BASE = "ahn.source.base"           # string: HF id or folder of the base model

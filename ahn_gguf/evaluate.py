@@ -169,7 +169,7 @@ class GGUFEngine(Engine):
     name = "gguf"
 
     def __init__(self, model_path: str | Path, *, n_ctx: int, window: int | None = None,
-                 sinks: int | None = None, threads: int = 2, n_batch: int = 512):
+                 sinks: int | None = None, threads: int = 2, n_batch: int = 512, memory_type: str | None = None):
         from .gguf_io.check import check_gguf_file
 
         self.path = str(model_path)
@@ -181,6 +181,7 @@ class GGUFEngine(Engine):
         self.window = window if window is not None else info.ahn_window
         self.sinks = sinks if sinks is not None else info.ahn_sinks
         self.n_ctx, self.threads, self.n_batch = n_ctx, threads, n_batch
+        self.memory_type = memory_type   # of the AHN's states and gates (None: the GGUF's, f32)
         self._mode = None
         self._llm = None
         self.n_ctx_train = None
@@ -190,7 +191,8 @@ class GGUFEngine(Engine):
         self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self._llm.model))
         mem = self._llm.ahn_memory()
         self.memory = {"kv_bytes_per_token": mem.kv_bytes_per_cell, "gate_bytes_per_token": mem.gate_bytes_per_cell,
-                       "state_bytes": mem.state_bytes_per_seq, "kv_type": "f16"}
+                       "state_bytes": mem.state_bytes_per_seq, "kv_type": "f16",
+                       "memory_type": self._llm.ahn_memory_type}
         self.matched = matched_window(self.window, self.sinks, mem.kv_bytes_per_cell, mem.gate_bytes_per_cell,
                                       mem.state_bytes_per_seq)
 
@@ -209,6 +211,8 @@ class GGUFEngine(Engine):
             kw["kv_overrides"] = {C.KEY_MEMORY_ENABLED.format(arch=self.arch): False}
         else:
             kw.update(ahn_window=self.window, ahn_sinks=self.sinks)
+            if mode == "ahn":
+                kw.update(ahn_memory_type=self.memory_type)
             if mode == "window":
                 kw["kv_overrides"] = {C.KEY_MEMORY_ENABLED.format(arch=self.arch): False}
         self._llm = Llama(self.path, **kw)
@@ -464,10 +468,15 @@ def merge_previous(res: EvalResult, previous: dict) -> list[str]:
     documents): full attention and sinks + window do not depend on the AHN weights, so they can be
     measured once, e.g. while the AHN is still training. Returns the modes taken."""
     same = (previous["window"] == res.window and previous["sinks"] == res.sinks
-            and previous.get("matched_window") in (None, res.matched_window)
             and [int(c) for c in previous["lengths"]] == res.lengths and previous["documents"] == res.documents)
     if not same:
         raise UsageError("--reuse: the earlier result has another window, sinks, lengths or documents")
+    # the matched window's W' depends on the AHN's bytes (an F16 memory halves them): taken only when equal
+    if ("matched" not in res.ppl and "matched" in previous["ppl"]
+            and previous.get("matched_window") not in (None, res.matched_window)):
+        raise UsageError(f"--reuse: the earlier result's matched window is W' = {previous.get('matched_window')}, "
+                         f"this model's is W' = {res.matched_window} (another memory type?); measure it here "
+                         "(--modes ahn,matched)")
     taken = []
     for m in MODES:
         if m in res.ppl or m not in previous["ppl"] or m == "ahn":   # only what does not depend on the AHN
@@ -509,7 +518,8 @@ def markdown(res: EvalResult, title: str, extra: list[str] | None = None) -> str
         mem = res.engine.get("memory") or {}
         how = (f" = {res.window} + floor(({mem['state_bytes']:,} state bytes + {mem['gate_bytes_per_token']:,} gate bytes "
                f"x {res.sinks + res.window} cells) / {mem['kv_bytes_per_token']:,} K/V bytes per token, "
-               f"{mem.get('kv_type', 'f16').upper()} K/V)") if mem else ""
+               f"{mem.get('kv_type', 'f16').upper()} K/V, {mem.get('memory_type', 'f32').upper()} states and gates)"
+               if mem else "")
         lines += [f"Memory-matched window: W' = {res.matched_window}{how}: a window-only model given the AHN's "
                   f"bytes. \"AHN - matched\" < 0 means the AHN is the better use of them.", ""]
     head = "| context C | positions scored | " + " | ".join(MODE_LABEL[m] for m in modes)
@@ -642,6 +652,9 @@ def register(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--ahn", metavar="AHN_DIR", help="AHN folder (engine reference)")
     p.add_argument("--window", type=int, help="W (default: the model's)")
     p.add_argument("--sinks", type=int, help="S (default: the model's)")
+    p.add_argument("--memory-type", choices=("f32", "f16"), default=None,
+                   help="storage of the AHN's states and write gates (engine gguf; default f32): f16 halves their "
+                        "bytes, and with them the matched window's W'")
     p.add_argument("--max-ctx", type=int, help="longest context (default: the model's training context)")
     p.add_argument("--lengths", help="comma-separated context lengths (default: 2W, 4W, ... max-ctx)")
     p.add_argument("--docs", type=int, default=0, help="at most N held-out documents (default: all)")
@@ -677,6 +690,8 @@ def _run(args) -> int:
     if bad:
         raise UsageError(f"unknown modes {bad}; expected {', '.join(MODES)}")
     if args.engine == "reference":
+        if args.memory_type is not None:
+            raise UsageError("--memory-type is for --engine gguf (the reference keeps its states in float32)")
         engine = ReferenceEngine(args.model, args.ahn, window=args.window, sinks=args.sinks, threads=args.threads,
                                  matched=args.matched_window)
         max_ctx = args.max_ctx or engine.n_ctx_train
@@ -694,7 +709,8 @@ def _run(args) -> int:
             max_ctx = int(meta.get(f"{arch}.context_length", 8192))
         else:
             max_ctx = args.max_ctx
-        engine = GGUFEngine(args.model, n_ctx=max_ctx, window=args.window, sinks=args.sinks, threads=args.threads)
+        engine = GGUFEngine(args.model, n_ctx=max_ctx, window=args.window, sinks=args.sinks, threads=args.threads,
+                            memory_type=args.memory_type)
     lengths = ([int(x) for x in args.lengths.split(",")] if args.lengths
                else context_lengths(engine.window, engine.sinks, max_ctx))
     if max(lengths) > max_ctx:

@@ -7,6 +7,9 @@ A drop-in: every argument and method of `llama_cpp.Llama` works as before
 - `ahn_window` / `ahn_sinks` override the window W and sink count S recorded in the GGUF
   (AHNs are trained with random windows, so any W works; as a GGUF metadata override they
   reach llama.cpp through `kv_overrides`);
+- `ahn_memory_type="f16"` stores the recurrent states and the write gates in F16 instead of
+  F32 (the default): half the bytes the memory costs beside the window, computed in F32 either
+  way (`{arch}.ahn.memory_type`, also a kv override);
 - `ahn_memory()` reports the memory by part: window K/V, sinks, write-gate cache, recurrent
   state (bytes in use and allocated).
 - `model_path` may be an embedded model's name (`Llama("qwen2.5-coder-0.5b")`) or None (the
@@ -100,13 +103,14 @@ class Llama(_base_llama()):  # type: ignore[misc]
         *args: Any,
         ahn_window: int | None = None,
         ahn_sinks: int | None = None,
+        ahn_memory_type: str | None = None,
         **kwargs: Any,
     ):
         from ahn_gguf.default_model import resolve_model
 
         model_path = resolve_model(model_path)   # None: the default model; 'qwen2.5-coder-0.5b': that model
 
-        ahn = ahn_overrides(model_path, ahn_window, ahn_sinks, kwargs.get("n_ctx", 512))
+        ahn = ahn_overrides(model_path, ahn_window, ahn_sinks, kwargs.get("n_ctx", 512), memory_type=ahn_memory_type)
         self.ahn_arch = ahn.arch
         if ahn.arch is not None:
             kwargs["kv_overrides"] = dict(kwargs.pop("kv_overrides", None) or {}, **ahn.kv_overrides())
@@ -132,9 +136,10 @@ class Llama(_base_llama()):  # type: ignore[misc]
             self.ahn_window = int(llama_cpp.llama_model_ahn_window(self.model))
             self.ahn_sinks = int(llama_cpp.llama_model_ahn_sinks(self.model))
             self.ahn_variant = C.VARIANTS[llama_cpp.llama_model_ahn_variant(self.model)]
+            self.ahn_memory_type = ahn.memory_type or "f32"
         else:
             self.ahn_window = self.ahn_sinks = None
-            self.ahn_variant = None
+            self.ahn_variant = self.ahn_memory_type = None
 
     def close(self) -> None:
         # an __init__ that failed its checks never opened a model: nothing to close
@@ -174,31 +179,40 @@ class AHNOverrides:
     arch: str | None        # the AHN architecture (qwen2ahn, llamaahn); None: a model without AHN
     window: int | None
     sinks: int | None
+    memory_type: str | None = None   # "f32" / "f16"; None: the GGUF's (f32 unless it says otherwise)
 
-    def kv_overrides(self) -> dict[str, int]:
+    def kv_overrides(self) -> dict[str, int | str]:
         """As llama-cpp-python's `kv_overrides` argument."""
         if self.arch is None:
             return {}
-        return {C.KEY_WINDOW.format(arch=self.arch): int(self.window), C.KEY_SINKS.format(arch=self.arch): int(self.sinks)}
+        out: dict[str, int | str] = {C.KEY_WINDOW.format(arch=self.arch): int(self.window),
+                                     C.KEY_SINKS.format(arch=self.arch): int(self.sinks)}
+        if self.memory_type is not None:
+            out[C.KEY_MEMORY_TYPE.format(arch=self.arch)] = self.memory_type
+        return out
 
     def override_args(self) -> list[str]:
-        """As llama.cpp's `--override-kv KEY=int:VALUE` strings (llama-server, llama-cli, ...)."""
-        return [f"{k}=int:{v}" for k, v in self.kv_overrides().items()]
+        """As llama.cpp's `--override-kv KEY=TYPE:VALUE` strings (llama-server, llama-cli, ...)."""
+        return [f"{k}={'str' if isinstance(v, str) else 'int'}:{v}" for k, v in self.kv_overrides().items()]
 
 
-def ahn_overrides(model_path: str | os.PathLike, window: int | None, sinks: int | None, n_ctx: int) -> AHNOverrides:
-    """The one place where a model's AHN window and sinks are resolved and checked, for the Python
-    API (`Llama`) and both server engines: the GGUF is checked first (clear errors for non-GGUF,
-    truncated, inconsistent files), W and S default to its own, and must fit n_ctx."""
+def ahn_overrides(model_path: str | os.PathLike, window: int | None, sinks: int | None, n_ctx: int,
+                  memory_type: str | None = None) -> AHNOverrides:
+    """The one place where a model's AHN window, sinks and memory type are resolved and checked, for
+    the Python API (`Llama`) and both server engines: the GGUF is checked first (clear errors for
+    non-GGUF, truncated, inconsistent files), W and S default to its own, and must fit n_ctx."""
     info = check_gguf_file(str(model_path))
     if info.arch not in C.BASE_FOR_ARCH:
-        if window is not None or sinks is not None:
-            raise AHNModelError(f"{model_path}: architecture {info.arch!r} has no AHN; the window and sinks do not apply")
+        if window is not None or sinks is not None or memory_type is not None:
+            raise AHNModelError(f"{model_path}: architecture {info.arch!r} has no AHN; the window, sinks and "
+                                "memory type do not apply")
         return AHNOverrides(None, None, None)
     window = window if window is not None else info.ahn_window
     sinks = sinks if sinks is not None else info.ahn_sinks
     _check_window(window, sinks, n_ctx)
-    return AHNOverrides(info.arch, int(window), int(sinks))
+    if memory_type is not None and memory_type not in C.MEMORY_TYPES:
+        raise AHNModelError(f"ahn_memory_type must be one of {', '.join(C.MEMORY_TYPES)}, got {memory_type!r}")
+    return AHNOverrides(info.arch, int(window), int(sinks), memory_type)
 
 
 def _check_window(window: int | None, sinks: int | None, n_ctx: int) -> None:

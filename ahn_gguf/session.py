@@ -11,7 +11,8 @@ or corrupted file harmless:
     12      32    model fingerprint (sha256 of the model file's size, first and last MiB)
     44      12    AHN settings: variant id, window W, sinks S (3 x u32; 0xFFFFFFFF for "no AHN")
     56      8     length of the JSON header (u64, at most MAX_HEADER_BYTES)
-    64      n     JSON header: token count, seed, section lengths, the application's data
+    64      n     JSON header: token count, seed, section lengths, the AHN memory type ("f32" when
+                  absent), the application's data
     ...           token ids (int32 x n_tokens), logits (float32, only with logits_all), llama state
 
 Magic, version, fingerprint and AHN settings are checked before anything else is parsed; the
@@ -86,6 +87,7 @@ def save_session(llm, path: str | os.PathLike, app_data: dict[str, Any] | None =
         "n_ctx": int(llm.n_ctx()),
         "scores_shape": list(scores.shape),
         "llama_state_bytes": len(llama_state),
+        "ahn_memory_type": getattr(llm, "ahn_memory_type", None),
         "app": app_data or {},
     }, ensure_ascii=False).encode()
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, model_fingerprint(llm.model_path), *_ahn_settings(llm), len(header))
@@ -141,6 +143,13 @@ def load_session(llm, path: str | os.PathLike) -> dict[str, Any]:
             raise SessionFileError(f"{path}: corrupted session header ({e})") from None
         if not isinstance(header, dict) or not isinstance(header.get("app", {}), dict):
             raise SessionFileError(f"{path}: corrupted session header")
+
+        mine = getattr(llm, "ahn_memory_type", None)
+        saved = header.get("ahn_memory_type", "f32" if mine is not None else None)
+        if saved != mine:
+            # the states and gates are stored in that type: llama.cpp would reject the bytes, less clearly
+            raise SessionFileError(f"{path} was saved with the AHN memory stored as {saved!r}; this context stores "
+                                   f"it as {mine!r} (ahn_memory_type / --memory-type)")
 
         n_ctx = int(llm.n_ctx())
         n_tokens = _header_int(header, "n_tokens", path)

@@ -137,7 +137,8 @@ def register(sub, name: str, help_text: str) -> None:
 def main(args) -> int:
     from ahn_gguf.runtime import Llama
 
-    llm = Llama(args.model, ahn_window=args.window, ahn_sinks=args.sinks, n_ctx=args.n_ctx, n_batch=512,
+    llm = Llama(args.model, ahn_window=args.window, ahn_sinks=args.sinks, ahn_memory_type=args.memory_type,
+                n_ctx=args.n_ctx, n_batch=512,
                 n_threads=args.threads, n_threads_batch=args.threads, n_gpu_layers=args.n_gpu_layers, verbose=False)
     chat = ChatSession(llm, system=args.system)
     print(f"ahn-gguf chat: {llm.model_path}")

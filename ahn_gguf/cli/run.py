@@ -66,6 +66,7 @@ def main(args) -> int:
         args.model,
         ahn_window=args.window,
         ahn_sinks=args.sinks,
+        ahn_memory_type=args.memory_type,
         n_ctx=args.n_ctx,
         n_batch=512,
         n_threads=args.threads,
@@ -95,7 +96,8 @@ def main(args) -> int:
 
     print(f"model: {llm.model_path}")
     if llm.has_ahn:
-        print(f"AHN: {llm.ahn_variant}, window {llm.ahn_window}, sinks {llm.ahn_sinks}; prompt {len(prompt_tokens)} tokens")
+        print(f"AHN: {llm.ahn_variant}, window {llm.ahn_window}, sinks {llm.ahn_sinks}, {llm.ahn_memory_type.upper()} "
+              f"memory; prompt {len(prompt_tokens)} tokens")
     print("-" * 72)
 
     t0 = time.perf_counter()

@@ -82,12 +82,12 @@ def register(sub, name: str, help_text: str) -> None:
 
 def model_overrides(args) -> tuple[str, bool, list[str]]:
     """The model to serve (default: the embedded one), validated, whether it has an AHN, and its window/sink
-    overrides as llama.cpp's KEY=int:VALUE strings (both engines take them in this form)."""
+    overrides as llama.cpp's KEY=TYPE:VALUE strings (both engines take them in this form)."""
     from ahn_gguf.default_model import resolve_model
     from ahn_gguf.runtime import ahn_overrides
 
     model = resolve_model(args.model)
-    ahn = ahn_overrides(model, args.window, args.sinks, args.n_ctx)
+    ahn = ahn_overrides(model, args.window, args.sinks, args.n_ctx, memory_type=args.memory_type)
     return model, ahn.arch is not None, ahn.override_args()
 
 

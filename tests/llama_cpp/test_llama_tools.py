@@ -85,9 +85,11 @@ def _python_perplexity(model: Path, text: str, n_ctx: int, **kw) -> tuple[float,
     return float(np.exp(nll / count)), count
 
 
-def test_perplexity_equals_python_runtime(tools, tmp_path, record_property):
+@pytest.mark.parametrize("memory_type", [None, "f16"])
+def test_perplexity_equals_python_runtime(memory_type, tools, tmp_path, record_property):
     """The default model (SmolLM2 + AHN) with its window narrowed to 64 tokens, so that the memory works in
-    every 512-token chunk: llama-perplexity and the Python runtime score the same tokens the same way."""
+    every 512-token chunk: llama-perplexity and the Python runtime score the same tokens the same way; also
+    with the memory stored in F16 (`--override-kv llamaahn.ahn.memory_type=str:f16`)."""
     from ahn_gguf.default_model import DATA_DIR, default_model_path
 
     model = default_model_path()
@@ -97,11 +99,14 @@ def test_perplexity_equals_python_runtime(tools, tmp_path, record_property):
     n_ctx, window = 512, 64
     # flash attention off, as in llama-cpp-python's default: the same kernels on both sides
     proc = _run([tools["llama-perplexity"], "-m", model, "-f", text, "-c", n_ctx, "-b", n_ctx, "-t", 1, "-tb", 1, "-fa", "off",
-                 "--override-kv", f"llamaahn.ahn.window=int:{window}"], timeout=600)
+                 "--override-kv", f"llamaahn.ahn.window=int:{window}",
+                 *(["--override-kv", f"llamaahn.ahn.memory_type=str:{memory_type}"] if memory_type else [])], timeout=600)
+    if memory_type:
+        assert f"per-token gates ({memory_type})" in proc.stderr, proc.stderr[-2000:]
     m = re.search(r"Final estimate: PPL = ([0-9.]+)", proc.stdout + proc.stderr)
     assert m, proc.stderr[-2000:]
     ppl_cpp = float(m.group(1))
-    ppl_py, count = _python_perplexity(model, prose, n_ctx, ahn_window=window)
+    ppl_py, count = _python_perplexity(model, prose, n_ctx, ahn_window=window, ahn_memory_type=memory_type)
     record_property("ppl_llama_perplexity", ppl_cpp)
     record_property("ppl_python", ppl_py)
     print(f"llama-perplexity {ppl_cpp:.4f}, Python runtime {ppl_py:.4f} over {count} scored tokens (W = {window})")
