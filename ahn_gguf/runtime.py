@@ -112,8 +112,11 @@ class Llama(_base_llama()):  # type: ignore[misc]
 
         ahn = ahn_overrides(model_path, ahn_window, ahn_sinks, kwargs.get("n_ctx", 512), memory_type=ahn_memory_type)
         self.ahn_arch = ahn.arch
+        memory_type = None
         if ahn.arch is not None:
             kwargs["kv_overrides"] = dict(kwargs.pop("kv_overrides", None) or {}, **ahn.kv_overrides())
+            # what llama.cpp will store: ahn_memory_type, else a raw kv override of the key, else the file's
+            memory_type = kwargs["kv_overrides"].get(C.KEY_MEMORY_TYPE.format(arch=ahn.arch), ahn.effective_memory_type)
             for name in ("type_k", "type_v"):
                 t = kwargs.get(name)
                 if t is not None and t not in _KV_TYPES_OK:
@@ -136,7 +139,7 @@ class Llama(_base_llama()):  # type: ignore[misc]
             self.ahn_window = int(llama_cpp.llama_model_ahn_window(self.model))
             self.ahn_sinks = int(llama_cpp.llama_model_ahn_sinks(self.model))
             self.ahn_variant = C.VARIANTS[llama_cpp.llama_model_ahn_variant(self.model)]
-            self.ahn_memory_type = ahn.memory_type or "f32"
+            self.ahn_memory_type = memory_type
         else:
             self.ahn_window = self.ahn_sinks = None
             self.ahn_variant = self.ahn_memory_type = None
@@ -179,7 +182,12 @@ class AHNOverrides:
     arch: str | None        # the AHN architecture (qwen2ahn, llamaahn); None: a model without AHN
     window: int | None
     sinks: int | None
-    memory_type: str | None = None   # "f32" / "f16"; None: the GGUF's (f32 unless it says otherwise)
+    memory_type: str | None = None   # "f32" / "f16" as asked; None: the GGUF's
+    file_memory_type: str = "f32"    # what the GGUF records (f32 when it records nothing)
+
+    @property
+    def effective_memory_type(self) -> str:
+        return self.memory_type or self.file_memory_type
 
     def kv_overrides(self) -> dict[str, int | str]:
         """As llama-cpp-python's `kv_overrides` argument."""
@@ -212,7 +220,7 @@ def ahn_overrides(model_path: str | os.PathLike, window: int | None, sinks: int 
     _check_window(window, sinks, n_ctx)
     if memory_type is not None and memory_type not in C.MEMORY_TYPES:
         raise AHNModelError(f"ahn_memory_type must be one of {', '.join(C.MEMORY_TYPES)}, got {memory_type!r}")
-    return AHNOverrides(info.arch, int(window), int(sinks), memory_type)
+    return AHNOverrides(info.arch, int(window), int(sinks), memory_type, info.ahn_memory_type)
 
 
 def _check_window(window: int | None, sinks: int | None, n_ctx: int) -> None:

@@ -32,6 +32,7 @@ class GGUFInfo:
     ahn_window: int | None = None
     ahn_sinks: int | None = None
     ahn_variant: str | None = None
+    ahn_memory_type: str | None = None   # {arch}.ahn.memory_type: "f32" (also when absent) or "f16"
 
 
 def check_gguf_file(path: str | os.PathLike) -> GGUFInfo:
@@ -106,6 +107,11 @@ def _check_ahn(info: GGUFInfo) -> None:
         raise AHNModelError(f"{path}: AHN window {info.ahn_window} out of range (1..{C.MAX_WINDOW})")
     if not 0 <= info.ahn_sinks <= C.MAX_WINDOW:
         raise AHNModelError(f"{path}: AHN sinks {info.ahn_sinks} out of range")
+    memory_type = info.kv.get(C.KEY_MEMORY_TYPE.format(arch=arch), "f32")
+    if memory_type not in C.MEMORY_TYPES:
+        raise AHNModelError(f"{path}: {C.KEY_MEMORY_TYPE.format(arch=arch)} is {memory_type!r}, expected one of "
+                            f"{', '.join(C.MEMORY_TYPES)}")
+    info.ahn_memory_type = memory_type
 
     n_layer = _kv_int(info, f"{arch}.block_count")
     n_embd = _kv_int(info, f"{arch}.embedding_length")

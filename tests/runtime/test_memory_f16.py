@@ -34,10 +34,11 @@ from tests.helpers.runtime import (
 )
 
 # Measured on these fixtures (W = 16, S = 4, 10 x (S + W) prompt + 64 decode steps, F32 K/V, the 48
-# runs of family x variant x ubatch x path): max |err| / max |logit| <= 1.1e-3 against the float32
-# reference (F32 memory: ~3e-5), argmax agreement >= 99.3% (near-ties of random weights flip). The
-# bounds, with room for other seeds:
-F16_MEMORY_REL_BOUND = 5e-3
+# runs of family x variant x ubatch x path): max |err| / max |logit| = 0.4e-3 .. 3.9e-3 against the
+# float32 reference (F32 memory: ~3e-5), the largest at ubatch 1 (a rounding per token), argmax
+# agreement 99.6% .. 100% (near-ties of random weights flip). The bounds, with room for other seeds,
+# are those of the F16 K/V cache (test_runtime_parity.py):
+F16_MEMORY_REL_BOUND = 1e-2
 F16_MEMORY_ARGMAX_MIN = 0.98
 
 
@@ -228,3 +229,34 @@ def test_run_command_takes_the_memory_type(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ahn_gguf.cli", "run", str(tiny), "--memory-type", "bf16"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "invalid choice: 'bf16'" in proc.stderr
+
+
+def test_a_file_that_records_f16_runs_f16_and_a_bad_record_is_named(tmp_path):
+    """{arch}.ahn.memory_type in the GGUF itself: the runtime reports and uses it (a raw kv override
+    too), and a value other than f32 / f16 is refused by the file check, before llama.cpp reads it."""
+    from ahn_gguf import constants as C
+    from ahn_gguf.errors import AHNModelError
+    from ahn_gguf.gguf_io.contents import KV, VT, read_gguf, write_gguf
+    from tests.helpers.tiny_model import build_tiny_ahn_gguf
+
+    plain = build_tiny_ahn_gguf(tmp_path / "plain.gguf")
+    c = read_gguf(plain)
+    arch = c.kv["general.architecture"].value
+    key = C.KEY_MEMORY_TYPE.format(arch=arch)
+    c.kv[key] = KV(VT.STRING, "f16")
+    f16 = write_gguf(c, tmp_path / "f16.gguf", progress=False)
+
+    def opened(path, **kw):
+        return open_model(path, window=None, sinks=None, n_ubatch=16, logits_all=False, f32_cache=False, **kw)
+
+    a, b = opened(plain), opened(f16)
+    assert (a.ahn_memory_type, b.ahn_memory_type) == ("f32", "f16")
+    assert b.ahn_memory().state_bytes_per_seq * 2 == a.ahn_memory().state_bytes_per_seq
+    assert opened(f16, ahn_memory_type="f32").ahn_memory().state_bytes_per_seq == a.ahn_memory().state_bytes_per_seq
+    raw = opened(plain, kv_overrides={key: "f16"})
+    assert raw.ahn_memory_type == "f16" and raw.ahn_memory().state_bytes_per_seq == b.ahn_memory().state_bytes_per_seq
+
+    c.kv[key] = KV(VT.STRING, "q4_0")
+    bad = write_gguf(c, tmp_path / "bad.gguf", progress=False)
+    with pytest.raises(AHNModelError, match="memory_type is 'q4_0', expected one of f32, f16"):
+        opened(bad)
