@@ -35,6 +35,7 @@ from ahn_gguf.constants import (
     KEY_BASE_N_LAYER,
     KEY_CONVERTER,
     KEY_LAYERS,
+    KEY_MEMORY_TYPE,
     KEY_NORM_EPS,
     KEY_PARAM_COUNT,
     KEY_SINKS,
@@ -43,6 +44,7 @@ from ahn_gguf.constants import (
     KEY_TRAINING,
     KEY_VARIANT,
     KEY_WINDOW,
+    MEMORY_TYPES,
     PUBLISHED_AHN_PARAMS,
     PUBLISHED_BASE_SHAPES,
     VARIANTS,
@@ -128,6 +130,7 @@ class AHNPayload:
     training: str
     norm_eps: float = AHN_NORM_EPS
     dropped: list[str] = field(default_factory=list)   # checkpoint tensors not written (unused)
+    memory_type: str | None = None         # how the runtime stores states and gates ("f16"); None: unrecorded (f32)
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -277,7 +280,12 @@ class AHNPayload:
             layers=[int(x) for x in need(KEY_LAYERS)],
             base=base, tensors=tensors, parameter_count=need(KEY_PARAM_COUNT),
             source_ahn=need(KEY_SOURCE_AHN), training=need(KEY_TRAINING),
-            norm_eps=float(need(KEY_NORM_EPS)))
+            norm_eps=float(need(KEY_NORM_EPS)),
+            memory_type=contents.kv[KEY_MEMORY_TYPE.format(arch=ARCH_SIDECAR)].value
+            if KEY_MEMORY_TYPE.format(arch=ARCH_SIDECAR) in contents.kv else None)
+        if payload.memory_type is not None and payload.memory_type not in MEMORY_TYPES:
+            raise ConversionError(f"{where}: {KEY_MEMORY_TYPE.format(arch=ARCH_SIDECAR)} is {payload.memory_type!r}, "
+                                  f"expected one of {', '.join(MEMORY_TYPES)}")
         check_window_sinks(payload.window, payload.sinks)
         payload.validate()
         payload.log_parameter_count()
@@ -287,6 +295,14 @@ class AHNPayload:
         check_window_sinks(window, sinks)
         return replace(self, window=self.window if window is None else window,
                        sinks=self.sinks if sinks is None else sinks)
+
+    def with_memory_type(self, memory_type: str | None) -> AHNPayload:
+        """The memory type recorded in the file (None: keep this payload's)."""
+        if memory_type is None:
+            return self
+        if memory_type not in MEMORY_TYPES:
+            raise ConversionError(f"memory type {memory_type!r}: expected one of {', '.join(MEMORY_TYPES)}")
+        return replace(self, memory_type=memory_type)
 
     # -- checks ------------------------------------------------------------------------------------
 
@@ -348,7 +364,7 @@ class AHNPayload:
             (KEY_SINKS.format(arch=arch), KV(VT.UINT32, int(self.sinks))),
             (KEY_LAYERS.format(arch=arch), KV(VT.ARRAY, [int(x) for x in self.layers], VT.INT32)),
             (KEY_NORM_EPS.format(arch=arch), KV(VT.FLOAT32, float(self.norm_eps))),
-        ]
+        ] + ([] if self.memory_type is None else [(KEY_MEMORY_TYPE.format(arch=arch), KV(VT.STRING, self.memory_type))])
 
     def provenance(self, source_base: str | None) -> list[tuple[str, KV]]:
         out = [] if source_base is None else [(KEY_SOURCE_BASE, KV(VT.STRING, source_base))]

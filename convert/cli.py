@@ -65,6 +65,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sinks", type=_int, metavar="S",
                    help="default number of attention-sink tokens S recorded in the file (default: the AHN "
                         "config's num_attn_sinks, else 0; the paper uses 128)")
+    p.add_argument("--memory-type", choices=("f32", "f16"), default=None,
+                   help="how the runtime stores the AHN's recurrent states and write gates, recorded in the file "
+                        "({arch}.ahn.memory_type; default: not recorded, f32; f16 halves their bytes). Can be "
+                        "overridden at load time")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while writing tensors")
     p.add_argument("-v", "--verbose", action="store_true", help="also show the llama.cpp converter's own log")
@@ -137,11 +141,11 @@ def _run_convert(args) -> int:
             raise ConversionError("--outtype does not apply to --ahn-only: a sidecar stores the AHN in F32 and "
                                   "attach picks the type that matches the base")
         pipeline.convert_ahn_only(args.base, args.output, window=args.window, sinks=args.sinks, force=args.force,
-                                  training=args.training, progress=progress)
+                                  training=args.training, progress=progress, memory_type=args.memory_type)
     else:
         pipeline.convert(args.base, args.ahn, args.output, outtype=args.outtype or "f16", window=args.window,
                          sinks=args.sinks, force=args.force, training=args.training, threads=args.threads,
-                         progress=progress)
+                         progress=progress, memory_type=args.memory_type)
     return 0
 
 
@@ -150,5 +154,5 @@ def _run_attach(args) -> int:
     from . import pipeline
 
     pipeline.attach(args.base_gguf, args.ahn, args.output, window=args.window, sinks=args.sinks, force=args.force,
-                    source_base=args.source_base, progress=not args.no_progress)
+                    source_base=args.source_base, progress=not args.no_progress, memory_type=args.memory_type)
     return 0

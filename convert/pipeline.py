@@ -109,7 +109,7 @@ def _done(out: Path, payload: AHNPayload, arch: str) -> Path:
 
 def convert(base: str, ahn: str | None, out: str | Path, *, outtype: str = "f16", window: int | None = None,
             sinks: int | None = None, force: bool = False, training: str | None = None, threads: int = 0,
-            progress: bool = True) -> Path:
+            progress: bool = True, memory_type: str | None = None) -> Path:
     """Hugging Face base + AHN checkpoint (folders or repo ids) -> one GGUF file.
 
     `ahn=None`: `base` is a merged folder (base and AHN weights and keys in one). `outtype`:
@@ -125,7 +125,7 @@ def convert(base: str, ahn: str | None, out: str | Path, *, outtype: str = "f16"
     base_dir = resolve_checkpoint(base, "BASE")
     ahn_dir = resolve_checkpoint(ahn, "AHN") if ahn is not None else base_dir
     payload = AHNPayload.from_hf(ahn_dir, base_dir=base_dir, window=window, sinks=sinks,
-                                 source=ahn if ahn is not None else base, training=training)
+                                 source=ahn if ahn is not None else base, training=training).with_memory_type(memory_type)
     payload.tensor_entries(f32=outtype == "f32")  # values beyond F16's range are refused here, not mid-write
     merged = ahn is None
     with inference_mode():
@@ -146,12 +146,14 @@ def convert(base: str, ahn: str | None, out: str | Path, *, outtype: str = "f16"
 
 
 def convert_ahn_only(ahn: str, out: str | Path, *, window: int | None = None, sinks: int | None = None,
-                     force: bool = False, training: str | None = None, progress: bool = True) -> Path:
+                     force: bool = False, training: str | None = None, progress: bool = True,
+                     memory_type: str | None = None) -> Path:
     """AHN checkpoint (AHN-only or merged folder, or repo id) -> sidecar GGUF (arch `ahn`)."""
     out = check_output(out, force=force, inputs=(ahn,))
     check_window_sinks(window, sinks)
     ahn_dir = resolve_checkpoint(ahn, "AHN")
-    payload = AHNPayload.from_hf(ahn_dir, window=window, sinks=sinks, source=ahn, training=training)
+    payload = AHNPayload.from_hf(ahn_dir, window=window, sinks=sinks, source=ahn,
+                                 training=training).with_memory_type(memory_type)
     write_gguf(payload.sidecar(), out, progress=progress)
     return _done(out, payload, "ahn sidecar")
 
@@ -166,7 +168,7 @@ def load_payload(ahn: str, *, window: int | None, sinks: int | None) -> AHNPaylo
 
 def attach(base_gguf: str | Path, ahn: str, out: str | Path, *, window: int | None = None,
            sinks: int | None = None, force: bool = False, source_base: str | None = None,
-           progress: bool = True) -> Path:
+           progress: bool = True, memory_type: str | None = None) -> Path:
     """An existing Qwen2/Llama GGUF (any type, quantized included) + an AHN -> one GGUF file.
 
     Every base tensor is copied with its bytes and type untouched. `ahn`: a sidecar GGUF, or an
@@ -177,7 +179,7 @@ def attach(base_gguf: str | Path, ahn: str, out: str | Path, *, window: int | No
         raise ConversionError(f"base GGUF {base_gguf}: no such file")
     out = check_output(out, force=force, inputs=(base_path, ahn))
     check_window_sinks(window, sinks)
-    payload = load_payload(ahn, window=window, sinks=sinks)
+    payload = load_payload(ahn, window=window, sinks=sinks).with_memory_type(memory_type)
     base = read_gguf(base_path)
     if int(base.get(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, 1)) > 1:
         raise ConversionError(f"{base_path} is one part of a split GGUF; merge the parts first "

@@ -264,6 +264,23 @@ def test_attach_to_fake_base_works(tmp_path, sidecars):
     assert {t.ggml_type for t in c.tensors if ".ahn_" in t.name and len(t.shape) > 1} == {QT.F16}
 
 
+def test_memory_type_is_recorded_and_carried(tmp_path, fixtures_root, sidecars):
+    """--memory-type f16: recorded in the sidecar, carried by attach (or set there), checked."""
+    from ahn_gguf.constants import KEY_MEMORY_TYPE
+
+    base = fake_base(tmp_path / "base.gguf")
+    side = tmp_path / "f16-sidecar.gguf"
+    pipeline.convert_ahn_only(str(fixtures_root / ahn_folder("qwen2", GDN)), side, memory_type="f16", progress=False)
+    assert read_gguf(side).get(KEY_MEMORY_TYPE.format(arch="ahn")) == "f16"
+    pipeline.attach(base, str(side), tmp_path / "a.gguf", progress=False)
+    assert read_gguf(tmp_path / "a.gguf").get(KEY_MEMORY_TYPE.format(arch="qwen2ahn")) == "f16"
+    pipeline.attach(base, str(side), tmp_path / "b.gguf", memory_type="f32", progress=False)
+    assert read_gguf(tmp_path / "b.gguf").get(KEY_MEMORY_TYPE.format(arch="qwen2ahn")) == "f32"
+    pipeline.attach(base, str(sidecars["qwen2"]), tmp_path / "c.gguf", progress=False)   # not recorded: absent
+    assert read_gguf(tmp_path / "c.gguf").get(KEY_MEMORY_TYPE.format(arch="qwen2ahn")) is None
+    refused("memory type 'q8_0'", pipeline.attach, base, str(side), tmp_path / "d.gguf", memory_type="q8_0")
+
+
 @pytest.mark.parametrize("arch,match", [("gemma", "unsupported base architecture 'gemma'"),
                                         ("qwen2ahn", "already has an AHN")])
 def test_attach_to_unsupported_arch(tmp_path, sidecars, out, arch, match):
