@@ -299,8 +299,10 @@ def llama_server_command(args) -> list[str]:
     # buffer (-kvu): the slots share one ubatch of headroom, so the window cache is N x (S + W) + n_ubatch
     cmd = [str(binary), "-m", model, "--host", args.host, "--port", str(args.port), "-np", str(args.parallel),
            "-c", str(args.n_ctx * args.parallel), "-kvu", "-ngl", str(args.n_gpu_layers)]
-    for override in overrides:
-        cmd += ["--override-kv", override]
+    if overrides:
+        # one comma-separated list: llama.cpp keeps only the last of repeated --override-kv flags (with a
+        # deprecation warning), which dropped the window override and kept the sinks
+        cmd += ["--override-kv", ",".join(overrides)]
     if args.threads:
         cmd += ["-t", str(args.threads), "-tb", str(args.threads)]
     if args.model_alias:

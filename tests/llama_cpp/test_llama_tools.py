@@ -85,11 +85,12 @@ def _python_perplexity(model: Path, text: str, n_ctx: int, **kw) -> tuple[float,
     return float(np.exp(nll / count)), count
 
 
-@pytest.mark.parametrize("memory_type", [None, "f16"])
+@pytest.mark.parametrize("memory_type", ["f32", "f16"])
 def test_perplexity_equals_python_runtime(memory_type, tools, tmp_path, record_property):
     """The default model (SmolLM2 + AHN) with its window narrowed to 64 tokens, so that the memory works in
-    every 512-token chunk: llama-perplexity and the Python runtime score the same tokens the same way; also
-    with the memory stored in F16 (`--override-kv llamaahn.ahn.memory_type=str:f16`)."""
+    every 512-token chunk: llama-perplexity and the Python runtime score the same tokens the same way, with the
+    memory stored in F32 and in F16 (`--override-kv llamaahn.ahn.window=int:64,llamaahn.ahn.memory_type=str:f16`;
+    the default model records f16)."""
     from ahn_gguf.default_model import DATA_DIR, default_model_path
 
     model = default_model_path()
@@ -99,10 +100,11 @@ def test_perplexity_equals_python_runtime(memory_type, tools, tmp_path, record_p
     n_ctx, window = 512, 64
     # flash attention off, as in llama-cpp-python's default: the same kernels on both sides
     proc = _run([tools["llama-perplexity"], "-m", model, "-f", text, "-c", n_ctx, "-b", n_ctx, "-t", 1, "-tb", 1, "-fa", "off",
-                 "--override-kv", f"llamaahn.ahn.window=int:{window}",
-                 *(["--override-kv", f"llamaahn.ahn.memory_type=str:{memory_type}"] if memory_type else [])], timeout=600)
-    if memory_type:
-        assert f"per-token gates ({memory_type})" in proc.stderr, proc.stderr[-2000:]
+                 "--override-kv", f"llamaahn.ahn.window=int:{window},llamaahn.ahn.memory_type=str:{memory_type}",
+                 "-lv", 4], timeout=600)
+    # both overrides reached the model (llama.cpp keeps only the last of repeated --override-kv flags)
+    assert f"AHN window = {window}," in proc.stderr and f"per-token gates ({memory_type})" in proc.stderr, \
+        proc.stderr[-2000:]
     m = re.search(r"Final estimate: PPL = ([0-9.]+)", proc.stdout + proc.stderr)
     assert m, proc.stderr[-2000:]
     ppl_cpp = float(m.group(1))
@@ -306,15 +308,16 @@ def test_rpc_devices_give_the_local_logits(tools, tiny, tmp_path, n_servers, rec
 
 @pytest.mark.parametrize("n_ctx", [2048, 16384])
 def test_serve_engine_llama_server(tools, tiny, n_ctx, record_property):
-    """`ahn-gguf serve --engine llama-server --parallel 2`: llama.cpp's server with 2 slots, whose window cache
-    is sized by the slots' S + W (+ one ubatch) and not by the context."""
+    """`ahn-gguf serve --engine llama-server --parallel 2 --window 12 --memory-type f16`: llama.cpp's server
+    with 2 slots and the AHN settings asked for, whose window cache is sized by the slots' S + W (+ one
+    ubatch) and not by the context."""
     import sys
 
     port = _free_port()
     env = dict(os.environ, PATH=f"{tools['llama-server'].parent}{os.pathsep}{os.environ.get('PATH', '')}")
     proc = subprocess.Popen([sys.executable, "-m", "ahn_gguf.cli", "serve", str(tiny), "--engine", "llama-server", "--parallel", "2",
                              "--port", str(port), "--threads", "1", "--n-ctx", str(n_ctx), "--api-key", "k",
-                             "--llama-server-args", "-lv 4"],
+                             "--window", "12", "--memory-type", "f16", "--llama-server-args", "-lv 4"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -328,6 +331,8 @@ def test_serve_engine_llama_server(tools, tiny, n_ctx, record_property):
         out = proc.communicate(timeout=30)[0]
     m = re.search(r"AHN window = (\d+), sinks = (\d+) -> (\d+) window-cache cells", out)
     assert m, out[-3000:]
+    # every override reached llama-server (the window, the sinks and the memory type: one --override-kv list)
+    assert (int(m.group(1)), int(m.group(2))) == (12, 2) and "per-token gates (f16)" in out, out[-3000:]
     cells = int(m.group(3))
     record_property(f"llama_server_window_cells_nctx{n_ctx}", cells)
     # one unified cache: 2 slots x (S + W) + one ubatch (512), padded to 256 -- the same whatever -c is
