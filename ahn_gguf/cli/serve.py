@@ -87,7 +87,7 @@ def model_overrides(args) -> tuple[str, bool, list[str]]:
     from ahn_gguf.runtime import ahn_overrides
 
     model = resolve_model(args.model)
-    ahn = ahn_overrides(model, args.window, args.sinks, args.n_ctx, memory_type=args.memory_type)
+    ahn = ahn_overrides(model, args.window, args.sinks, args.n_ctx, memory_type=getattr(args, "memory_type", None))
     return model, ahn.arch is not None, ahn.override_args()
 
 
