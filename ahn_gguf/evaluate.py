@@ -181,7 +181,7 @@ class GGUFEngine(Engine):
         self.window = window if window is not None else info.ahn_window
         self.sinks = sinks if sinks is not None else info.ahn_sinks
         self.n_ctx, self.threads, self.n_batch = n_ctx, threads, n_batch
-        self.memory_type = memory_type   # of the AHN's states and gates (None: the GGUF's, f32)
+        self.memory_type = memory_type   # of the AHN's states and gates (None: what the GGUF records)
         self._mode = None
         self._llm = None
         self.n_ctx_train = None
@@ -653,8 +653,9 @@ def register(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--window", type=int, help="W (default: the model's)")
     p.add_argument("--sinks", type=int, help="S (default: the model's)")
     p.add_argument("--memory-type", choices=("f32", "f16"), default=None,
-                   help="storage of the AHN's states and write gates (engine gguf; default f32): f16 halves their "
-                        "bytes, and with them the matched window's W'")
+                   help="storage of the AHN's states and write gates (engine gguf; default: what the GGUF records, "
+                        "f32 unless it says f16, as the embedded default does): f16 halves their bytes, and with "
+                        "them the matched window's W'")
     p.add_argument("--max-ctx", type=int, help="longest context (default: the model's training context)")
     p.add_argument("--lengths", help="comma-separated context lengths (default: 2W, 4W, ... max-ctx)")
     p.add_argument("--docs", type=int, default=0, help="at most N held-out documents (default: all)")

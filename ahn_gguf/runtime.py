@@ -8,8 +8,9 @@ A drop-in: every argument and method of `llama_cpp.Llama` works as before
   (AHNs are trained with random windows, so any W works; as a GGUF metadata override they
   reach llama.cpp through `kv_overrides`);
 - `ahn_memory_type="f16"` stores the recurrent states and the write gates in F16 instead of
-  F32 (the default): half the bytes the memory costs beside the window, computed in F32 either
-  way (`{arch}.ahn.memory_type`, also a kv override);
+  F32: half the bytes the memory costs beside the window, computed in F32 either way
+  (`{arch}.ahn.memory_type`, also a kv override; default: what the GGUF records, f32 unless it
+  says f16, as the embedded default model does);
 - `ahn_memory()` reports the memory by part: window K/V, sinks, write-gate cache, recurrent
   state (bytes in use and allocated).
 - `model_path` may be an embedded model's name (`Llama("qwen2.5-coder-0.5b")`) or None (the

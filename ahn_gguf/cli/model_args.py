@@ -16,8 +16,9 @@ def add_model_arguments(p: argparse.ArgumentParser, *, n_ctx: int, n_ctx_help: s
     g.add_argument("--window", type=int, help="AHN window W (default: from the GGUF)")
     g.add_argument("--sinks", type=int, help="AHN sink tokens S (default: from the GGUF)")
     g.add_argument("--memory-type", choices=("f32", "f16"), default=None,
-                   help="how the AHN's recurrent states and write gates are stored: f32 (default) or f16, "
-                        "half the bytes beside the window; computed in F32 either way")
+                   help="how the AHN's recurrent states and write gates are stored: f32 or f16, half the bytes "
+                        "beside the window; computed in F32 either way (default: what the GGUF records, f32 "
+                        "unless it says f16, as the embedded default model does)")
     g.add_argument("--n-ctx", type=int, default=n_ctx, help=f"{n_ctx_help}; costs no memory with an AHN "
                                                              "(default: %(default)s)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)")

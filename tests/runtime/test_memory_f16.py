@@ -42,26 +42,6 @@ F16_MEMORY_REL_BOUND = 1e-2
 F16_MEMORY_ARGMAX_MIN = 0.98
 
 
-@pytest.fixture(scope="module")
-def gguf_dir(tmp_path_factory):
-    patched_llama_cpp()
-    return tmp_path_factory.mktemp("gguf-f16-memory")
-
-
-@pytest.fixture(scope="module")
-def reference(fixtures_root):
-    from ahn_gguf.reference import load_reference
-
-    cache = {}
-
-    def get(family, variant):
-        if (family, variant) not in cache:
-            cache[(family, variant)] = load_reference(fixtures_root / f"{family}-base",
-                                                      fixtures_root / f"{family}-ahn-{variant}")
-        return cache[(family, variant)]
-    return get
-
-
 def _rel(got, want):
     return float(np.abs(got - want).max()) / float(np.abs(want).max())
 

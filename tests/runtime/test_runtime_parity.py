@@ -30,30 +30,9 @@ from tests.helpers.runtime import (
     greedy_run,
     memory_path,
     open_model,
-    patched_llama_cpp,
     prompt_tokens,
     reference_logits,
 )
-
-
-@pytest.fixture(scope="session")
-def gguf_dir(tmp_path_factory):
-    patched_llama_cpp()
-    return tmp_path_factory.mktemp("gguf")
-
-
-@pytest.fixture(scope="module")
-def reference(fixtures_root):
-    from ahn_gguf.reference import load_reference
-
-    cache = {}
-
-    def get(family, variant):
-        if (family, variant) not in cache:
-            cache[(family, variant)] = load_reference(fixtures_root / f"{family}-base",
-                                                      fixtures_root / f"{family}-ahn-{variant}")
-        return cache[(family, variant)]
-    return get
 
 
 @pytest.mark.parametrize("sinks", SINKS)
