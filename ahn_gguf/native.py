@@ -20,7 +20,7 @@ Array layouts (numpy shapes; strides are free unless said otherwise):
     k_cache  (n_stream, kv_size, H_kv, d)  float32 | float16   (or without the stream axis)
     v_cache  same as k_cache; with v_transposed=True the array is the physical transposed
              cache of llama.cpp without flash attention: (n_stream, H_kv, d, kv_size)
-    gates    (n_stream, kv_size, G)        float32; G = 2H (GDN: g, beta; Mamba2: g, dt),
+    gates    (n_stream, kv_size, G)        float32 | float16; G = 2H (GDN: g, beta; Mamba2: g, dt),
                                            H (DN: beta)        (or without the stream axis)
     idx      (n_seqs, n_tokens)            integer: cache row (stream*kv_size + cell) the
                                            token evicts, < 0 if none
@@ -314,7 +314,7 @@ def prepare_step(
     q = _check_array("q", q, (4,), (f32,))
     k_cache = _check_array("k_cache", k_cache, (3, 4), (f32, f16))
     v_cache = _check_array("v_cache", v_cache, (3, 4), (f32, f16))
-    gates = _check_array("gates", gates, (2, 3), (f32,))
+    gates = _check_array("gates", gates, (2, 3), (f32, f16))
     state = _check_array("state", state, (4,), (f32,))
     if k_cache.ndim == 3:
         k_cache = k_cache[None]
@@ -386,7 +386,8 @@ def prepare_step(
     args.v = f.cast("const void *", _addr(v_cache))
     args.v_type = _DTYPE_ID[v_cache.dtype]
     args.v_nb = [v_cache.strides[3], v_cache.strides[2], v_cache.strides[1], v_cache.strides[0]]
-    args.gates = f.cast("const float *", _addr(gates))
+    args.gates = f.cast("const void *", _addr(gates))
+    args.gates_type = _DTYPE_ID[gates.dtype]
     args.gates_nb = [gates.strides[2], gates.strides[1], gates.strides[0]]
     args.idx = f.cast("const int32_t *", _addr(idx32))
     args.q = f.cast("const float *", _addr(q))
@@ -556,7 +557,7 @@ def _device_args(step: PreparedStep, copies: _DeviceCopies) -> Any:
 
     dev.k = f.cast("const void *", moved(step.k_cache, step.args.k))
     dev.v = f.cast("const void *", moved(step.v_cache, step.args.v))
-    dev.gates = f.cast("const float *", moved(step.gates, step.args.gates))
+    dev.gates = f.cast("const void *", moved(step.gates, step.args.gates))
     dev.idx = f.cast("const int32_t *", moved(step.idx, step.args.idx))
     dev.q = f.cast("const float *", moved(step.q, step.args.q))
     dev.state = f.cast("float *", moved(step.state, step.args.state))

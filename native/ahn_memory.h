@@ -78,9 +78,10 @@ struct ahn_memory_args {
     const void * k;      int32_t k_type;   size_t k_nb[4];
     const void * v;      int32_t v_type;   size_t v_nb[4];
 
-    /* gate cache, F32: gate row of cell c, stream u at (char *) gates + u*gates_nb[2] + c*gates_nb[1];
-     * value number n of that row at + n*gates_nb[0] (4 when the row is contiguous) */
-    const float * gates; size_t gates_nb[3];
+    /* gate cache, F32 or F16 (ahn.memory_type): gate row of cell c, stream u at
+     * (char *) gates + u*gates_nb[2] + c*gates_nb[1]; value number n of that row at + n*gates_nb[0]
+     * (the element size when the row is contiguous) */
+    const void * gates;  int32_t gates_type; size_t gates_nb[3];
 
     /* idx[s*n_tokens + t]: row (u*kv_size + c) of the token that query t of sequence s evicts, < 0 if none */
     const int32_t * idx;

@@ -32,6 +32,8 @@ static inline const char * ahn_memory_check_layout(const struct ahn_memory_args 
     if (a->kv_size < 1) return "kv_size must be >= 1";
     const size_t k_el = ahn_dtype_size(a->k_type), v_el = ahn_dtype_size(a->v_type);
     if (!k_el || !v_el) return "K and V must be F32 or F16";
+    const size_t g_el = ahn_dtype_size(a->gates_type);
+    if (!g_el) return "the gates must be F32 or F16";
     if ((size_t) a->n_tokens * (size_t) a->n_seqs == 0) return NULL; /* nothing to do, nothing read */
 
     for (int i = 0; i < 4; i++) {
@@ -40,15 +42,16 @@ static inline const char * ahn_memory_check_layout(const struct ahn_memory_args 
     }
     if (!ahn_is_multiple((size_t) a->k, k_el) || !ahn_is_multiple((size_t) a->v, v_el)) return "K / V are not aligned to their element size";
     for (int i = 0; i < 3; i++) {
-        if (a->gates_nb[i] == 0 || !ahn_is_multiple(a->gates_nb[i], sizeof(float))) return "gate strides must be non-zero multiples of 4";
+        if (a->gates_nb[i] == 0 || !ahn_is_multiple(a->gates_nb[i], g_el)) return "gate strides must be non-zero multiples of the element size";
     }
     if (a->q_nb[0] != sizeof(float)) return "q dims must be contiguous (q_nb[0] == 4)";
     for (int i = 1; i < 4; i++) {
         if (!ahn_is_multiple(a->q_nb[i], sizeof(float))) return "q strides must be multiples of 4";
     }
-    if (!ahn_is_multiple((size_t) a->q, 4) || !ahn_is_multiple((size_t) a->gates, 4) || !ahn_is_multiple((size_t) a->state, 4) ||
+    if (!ahn_is_multiple((size_t) a->gates, g_el)) return "the gates are not aligned to their element size";
+    if (!ahn_is_multiple((size_t) a->q, 4) || !ahn_is_multiple((size_t) a->state, 4) ||
         !ahn_is_multiple((size_t) a->out, 4) || !ahn_is_multiple((size_t) a->idx, 4)) {
-        return "q, gates, state, out and idx must be 4-byte aligned";
+        return "q, state, out and idx must be 4-byte aligned";
     }
     return NULL;
 }

@@ -67,6 +67,18 @@ static inline const char * ahn_cache_row(const void * base, const size_t nb[4], 
     return (const char *) base + (size_t) u * nb[3] + (size_t) c * nb[2] + (size_t) g * nb[1];
 }
 
+/* one element, F32 or F16, at any byte address -> float */
+static inline float ahn_load_elem(const char * src, int type) {
+    if (type == AHN_DTYPE_F16) {
+        uint16_t h;
+        memcpy(&h, src, sizeof h);
+        return ahn_fp16_to_fp32(h);
+    }
+    float f;
+    memcpy(&f, src, sizeof f);
+    return f;
+}
+
 /* d elements, stride nb0 bytes, F32 or F16 -> dst (F32). The portable path; SIMD kernels
  * take their own route for contiguous rows and fall back to this for strided ones. */
 static inline void ahn_load_row_scalar(const char * src, int type, size_t nb0, int d, float * dst) {
@@ -104,10 +116,10 @@ static inline void ahn_write_gates(const struct ahn_memory_args * a, int64_t r, 
     const char * row = (const char *) a->gates + (size_t) u * a->gates_nb[2] + (size_t) c * a->gates_nb[1];
     float g = 0.0f, bb;
     if (a->variant == AHN_VARIANT_DN) {
-        memcpy(&bb, row + (size_t) h * a->gates_nb[0], sizeof bb);
+        bb = ahn_load_elem(row + (size_t) h * a->gates_nb[0], a->gates_type);
     } else {
-        memcpy(&g,  row + (size_t) h * a->gates_nb[0], sizeof g);
-        memcpy(&bb, row + (size_t) (h + a->n_head) * a->gates_nb[0], sizeof bb);
+        g  = ahn_load_elem(row + (size_t) h * a->gates_nb[0], a->gates_type);
+        bb = ahn_load_elem(row + (size_t) (h + a->n_head) * a->gates_nb[0], a->gates_type);
     }
     *decay = a->variant == AHN_VARIANT_DN ? 1.0f : expf(g);
     *b = bb;

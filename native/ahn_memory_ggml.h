@@ -33,6 +33,9 @@ static inline const char * ahn_memory_args_from_node(const struct ggml_tensor * 
     if ((k->type != GGML_TYPE_F32 && k->type != GGML_TYPE_F16) || (v->type != GGML_TYPE_F32 && v->type != GGML_TYPE_F16)) {
         return "K and V must be F32 or F16";
     }
+    if (gates->type != GGML_TYPE_F32 && gates->type != GGML_TYPE_F16) {
+        return "the gates must be F32 or F16";
+    }
     a->variant   = ((const int32_t *) node->op_params)[0];
     a->d         = (int32_t) q->ne[0];
     a->n_head    = (int32_t) q->ne[1];
@@ -48,7 +51,8 @@ static inline const char * ahn_memory_args_from_node(const struct ggml_tensor * 
         a->v_nb[i] = v->nb[i];
         a->q_nb[i] = q->nb[i];
     }
-    a->gates = (const float *) gates->data;
+    /* an F16 gate store (ahn.memory_type = f16) is read as it is: the kernels widen each value */
+    a->gates = gates->data; a->gates_type = gates->type == GGML_TYPE_F16 ? AHN_DTYPE_F16 : AHN_DTYPE_F32;
     for (int i = 0; i < 3; ++i) {
         a->gates_nb[i] = gates->nb[i];
     }

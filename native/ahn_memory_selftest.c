@@ -94,7 +94,7 @@ static int run_case(int variant, int d, int kv_type, int v_transposed) {
     } else {
         memcpy(a.v_nb, a.k_nb, sizeof a.v_nb);
     }
-    a.gates = gates; a.gates_nb[0] = 4; a.gates_nb[1] = 4 * (size_t) G; a.gates_nb[2] = 4 * (size_t) G * kv;
+    a.gates = gates; a.gates_type = AHN_DTYPE_F32; a.gates_nb[0] = 4; a.gates_nb[1] = 4 * (size_t) G; a.gates_nb[2] = 4 * (size_t) G * kv;
     a.idx = idx;
     a.q = q; a.q_nb[0] = 4; a.q_nb[1] = 4 * (size_t) d; a.q_nb[2] = 4 * (size_t) d * H; a.q_nb[3] = 4 * (size_t) d * H * T;
 

@@ -90,10 +90,10 @@ __device__ __forceinline__ token_inputs fetch_token(const ahn_memory_args & a, i
         const int64_t c = in.r - u * a.kv_size;
         const char * grow = reinterpret_cast<const char *>(a.gates) + (size_t) u * a.gates_nb[2] + (size_t) c * a.gates_nb[1];
         if (VARIANT == AHN_VARIANT_DN) {
-            in.b = *reinterpret_cast<const float *>(grow + (size_t) h * a.gates_nb[0]);
+            in.b = load_elem(grow + (size_t) h * a.gates_nb[0], a.gates_type);
         } else {
-            in.decay = expf(*reinterpret_cast<const float *>(grow + (size_t) h * a.gates_nb[0]));
-            in.b = *reinterpret_cast<const float *>(grow + (size_t) (h + a.n_head) * a.gates_nb[0]);
+            in.decay = expf(load_elem(grow + (size_t) h * a.gates_nb[0], a.gates_type));
+            in.b = load_elem(grow + (size_t) (h + a.n_head) * a.gates_nb[0], a.gates_type);
         }
     }
     return in;

@@ -26,7 +26,7 @@ class Case:
     q: np.ndarray          # (n_seqs, T, H, d) f32
     k_cache: np.ndarray    # (n_stream, kv_size, H_kv, d) f32 | f16, a strided view
     v_cache: np.ndarray    # same logical shape, or physical transposed (n_stream, H_kv, d, kv_size)
-    gates: np.ndarray      # (n_stream, kv_size, G) f32
+    gates: np.ndarray      # (n_stream, kv_size, G) f32 | f16, a strided view
     idx: np.ndarray        # (n_seqs, T) int32
     state: np.ndarray      # (n_seqs, H, d, d) f32, native (transposed) layout
     v_transposed: bool = False
@@ -40,7 +40,8 @@ class Case:
 
 def make_case(rng: np.random.Generator, variant: str, *, d: int = 64, n_head_kv: int = 2, n_rep: int = 2,
               n_seqs: int = 2, n_tokens: int = 8, kv_size: int = 64, n_stream: int = 2,
-              kv_dtype=np.float32, v_transposed: bool = False, evict_prob: float = 0.7) -> Case:
+              kv_dtype=np.float32, v_transposed: bool = False, evict_prob: float = 0.7,
+              gates_dtype=np.float32) -> Case:
     variant = constants.canonical_variant(variant)
     H = n_head_kv * n_rep
     # K/V live inside bigger buffers (extra heads, padded dims) so strides are not the trivial ones
@@ -66,7 +67,8 @@ def make_case(rng: np.random.Generator, variant: str, *, d: int = 64, n_head_kv:
         gates = np.concatenate([g, beta], axis=-1)
     else:
         gates = 1.0 / (1.0 + np.exp(-rng.normal(0.0, 1.5, shape)))
-    gates_buf = np.zeros((n_stream, kv_size, gates.shape[-1] + 3), np.float32)
+    # a gate store of ahn.memory_type = f16 holds F16 values (the reference reads the same ones)
+    gates_buf = np.zeros((n_stream, kv_size, gates.shape[-1] + 3), gates_dtype)
     gates_buf[..., :gates.shape[-1]] = gates
     gates = gates_buf[..., :gates.shape[-1]]
 
@@ -132,7 +134,7 @@ def gathered_inputs(case: Case, s: int):
     heads = np.arange(H) // n_rep                         # repeat-interleave (transformers' repeat_kv)
     k = case.k_cache[u, c][:, heads].astype(np.float64)   # (T, H, d); F16 values exactly as the kernel sees them
     v = v_log[u, c][:, heads].astype(np.float64)
-    gr = case.gates[u, c].astype(np.float64)              # (T, G)
+    gr = case.gates[u, c].astype(np.float64)              # (T, G); F16 gates exactly as the kernel sees them
     if case.variant == constants.DN:
         g, b = np.zeros((T, H)), gr[:, :H]
     else:

@@ -13,12 +13,13 @@ Tolerances, all as max |x - ref| / max |ref| over the whole output or state tens
   * each SIMD kernel vs the scalar kernel: 1e-5 (same float32 math, different
     summation order).
   * threads: bit-identical (a (sequence, head) unit always runs the same code).
-F16 K/V: the reference is fed the very F16 values the kernel reads (converted
+F16 K/V and F16 gates: the reference is fed the very F16 values the kernel reads (converted
 exactly), so the same tolerances apply.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 
@@ -93,6 +94,25 @@ def test_cache_layouts(variant, d, kv_dtype, v_transposed, kernels):
                      kv_dtype=kv_dtype, v_transposed=v_transposed)
     assert case.k_cache.dtype == kv_dtype
     check_all_kernels(case, kernels)
+
+
+@pytest.mark.parametrize("n_tokens", [1, 37])
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("d", [64, 128, 40])
+def test_f16_gates(variant, d, n_tokens, kernels):
+    """An F16 gate store (ahn.memory_type = f16) read in place by every kernel, F16 K/V beside it,
+    strided rows over 2 streams; d = 40 takes the scalar kernel."""
+    rng = np.random.default_rng([d, n_tokens, VARIANTS.index(variant), 16])
+    case = make_case(rng, variant, d=d, n_rep=2, n_seqs=2, n_tokens=n_tokens, kv_size=48, n_stream=2,
+                     kv_dtype=np.float16, gates_dtype=np.float16)
+    assert case.gates.dtype == np.float16 and not case.gates.flags.c_contiguous
+    check_all_kernels(case, kernels)
+    # the same gates widened to F32 beforehand (what the graph's cast did before): the same result
+    wide = dataclasses.replace(case, gates=case.gates.astype(np.float32))
+    for k in (kernels if d in native.SIMD_HEAD_DIMS else ["scalar"]):
+        out16, st16 = run_kernel(case, k)
+        out32, st32 = run_kernel(wide, k)
+        assert np.array_equal(out16, out32) and np.array_equal(st16, st32), k
 
 
 @pytest.mark.parametrize("evict_prob", [0.0, 0.15, 1.0])
@@ -313,6 +333,12 @@ def test_check_args_in_c():
         a.gates_nb[i] = 4
     assert b"NULL" in f.string(L.ahn_memory_check_args(a))          # then the data pointers
     a.n_tokens = 0  # no work: nothing is read, so NULL pointers are fine
+    assert L.ahn_memory_check_args(a) == f.NULL
+    a.gates_type = 9
+    assert b"gates must be F32 or F16" in f.string(L.ahn_memory_check_args(a))
+    a.gates_type = 1  # F16 gates: 2-byte strides are fine
+    for i in range(3):
+        a.gates_nb[i] = 2
     assert L.ahn_memory_check_args(a) == f.NULL
     assert L.ahn_memory_step_named(b"nonesuch", a, 0, 1) == -1
     a.d = 40

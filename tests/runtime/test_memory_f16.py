@@ -1,5 +1,6 @@
 """An F16 AHN memory (`ahn_memory_type="f16"`, `{arch}.ahn.memory_type = f16`): the recurrent states
-and the per-token write gates stored in F16, computed in F32 (patch 0014).
+and the per-token write gates stored in F16, computed in F32 (patches 0014, 0015: the
+fused op reads the F16 gates in place).
 
 - Against the PyTorch reference (float32 states) on prompts of 10 x (S + W) tokens, ubatch 1, 7,
   64 and 512, then 64 decode steps, all three variants, both families, fused op and stock-op
