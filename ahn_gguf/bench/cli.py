@@ -20,6 +20,8 @@ BENCHMARKS = [
     ("formulas", "ahn_gguf.bench.formulas", "the paper's FLOP and cache formulas next to what the runtime allocates"),
     ("serve", "ahn_gguf.bench.serve",
      "llama.cpp's llama-server, stock vs AHN: 1 / 4 / 16 concurrent conversations, throughput and memory per conversation"),
+    ("memory", "ahn_gguf.bench.memory",
+     "an F16 AHN memory against an F32 one at a large window: the bytes and the memory step's cost"),
     ("gpu", "ahn_gguf.bench.gpu",
      "the paper's setting on one NVIDIA GPU (no network): --pack here, --from-pack there; --cpu-check tests it here"),
     ("all", "ahn_gguf.bench.cli", "op + runtime + formulas, each with its defaults (reports in --out)"),

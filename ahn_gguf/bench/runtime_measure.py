@@ -44,6 +44,7 @@ class Mode:
     memory: bool = True     # AHN memory enabled (AHN file only)
     composed: bool = False  # LLAMA_AHN_COMPOSED=1
     flash_attn: bool = False
+    memory_type: str | None = None  # ahn_memory_type: "f32" / "f16" (None: the file's)
 
 
 STOCK, STOCK_FA, WINDOW, AHN, COMPOSED = "stock", "stock-fa", "window", "ahn", "ahn-composed"
@@ -136,6 +137,8 @@ def _open(model: BenchModel, mode: Mode, n_ctx: int, n_batch: int, threads: int)
     if not mode.ahn_file:
         return Llama(str(model.stock_path), **kw)
     kw.update(ahn_window=model.window, ahn_sinks=model.sinks)
+    if mode.memory_type:
+        kw["ahn_memory_type"] = mode.memory_type
     if not mode.memory:
         from ahn_gguf.gguf_io.check import check_gguf_file
 
