@@ -32,9 +32,9 @@ def default_model():
 
 
 def test_the_sidecar_is_a_trained_gdn_for_smollm2():
-    """The default's AHN: the W = 512 run (reports/distill-smollm2-w512/), warm-started from the W = 256 AHN
-    (reports/distill-smollm2-w256/), stopped at step 126 with its validation KL 1.9% lower; recorded to run
-    with its states and gates stored in F16 (what halves the matched window's advantage)."""
+    """The default's AHN: the W = 512 continuation (reports/distill-smollm2-w512-cont/), 100 steps warm-started
+    from the W = 512 run's step 126 (reports/distill-smollm2-w512/), its validation KL 0.9% lower; recorded to
+    run with its states and gates stored in F16 (what halves the matched window's advantage)."""
     from ahn_gguf.convert.ahn import hf_tensors_from_gguf
     from ahn_gguf.default_model import DEFAULT_AHN_SIDECAR, DEFAULT_TRAINING_LOG
     from ahn_gguf.gguf_io.header import read_metadata
@@ -49,17 +49,35 @@ def test_the_sidecar_is_a_trained_gdn_for_smollm2():
     assert log["config"]["base"] == "smollm2" and log["config"]["variant"] == "GatedDeltaNet"
     assert log["config"]["init_from"].endswith("smollm2-135m-ahn-gdn.gguf") and log["config"]["window"] == 512
     assert set(log["data"]["sources"]) == {"python3.11-doc", "python3.11-stdlib"}
-    assert log["status"] == "interrupted" and [r["step"] for r in log["records"]] == list(range(1, 127))
-    assert log["notes"]["tokens"] == 126 * log["config"]["seq_len"] * log["config"]["batch_size"]
+    assert log["status"] == "done" and [r["step"] for r in log["records"]] == list(range(1, 101))
+    assert log["notes"]["tokens"] == 100 * log["config"]["seq_len"] * log["config"]["batch_size"]
     assert all(np.isfinite(r["loss"]) and r["loss"] >= 0 for r in log["records"])
     val = {v["step"]: v["loss"] for v in log["validation"]}
-    assert round(1 - val[125] / val[0], 3) == 0.019     # step 0 = the W = 256 AHN run at W = 512
+    assert sorted(val) == list(range(0, 101, 20))
+    assert round(1 - val[100] / val[0], 3) == 0.009     # step 0 = the W = 512 run's step 126
     _, tensors = hf_tensors_from_gguf(DEFAULT_AHN_SIDECAR)
     assert len([k for k in tensors if k.endswith("o_proj.weight")]) == 30
 
 
+def test_the_w512_step126_ahn_the_default_started_from_is_the_run_its_log_describes():
+    """reports/distill-smollm2-w512/: the default before the continuation (W = 512, stopped at step 126 with
+    its validation KL 1.9% lower), warm-started from the W = 256 AHN."""
+    from ahn_gguf.gguf_io.header import read_metadata
+
+    folder = Path(__file__).resolve().parents[2] / "reports" / "distill-smollm2-w512"
+    meta = read_metadata(str(folder / "smollm2-135m-ahn-gdn-w512-step126.gguf"))
+    assert meta["ahn.ahn.variant"] == "GatedDeltaNet" and (meta["ahn.ahn.window"], meta["ahn.ahn.sinks"]) == (512, 32)
+    assert meta["ahn.ahn.memory_type"] == "f16" and meta["ahn.base.block_count"] == 30
+    log = json.loads((folder / "training-log.json").read_text())
+    assert log["config"]["window"] == 512 and set(log["data"]["sources"]) == {"python3.11-doc", "python3.11-stdlib"}
+    assert log["status"] == "interrupted" and [r["step"] for r in log["records"]] == list(range(1, 127))
+    assert log["notes"]["tokens"] == 126 * log["config"]["seq_len"] * log["config"]["batch_size"]
+    val = {v["step"]: v["loss"] for v in log["validation"]}
+    assert round(1 - val[125] / val[0], 3) == 0.019     # step 0 = the W = 256 AHN run at W = 512
+
+
 def test_the_w256_ahn_the_default_started_from_is_the_run_its_log_describes():
-    """reports/distill-smollm2-w256/: the earlier default (W = 256), the W = 512 run's starting point."""
+    """reports/distill-smollm2-w256/: the first default (W = 256), the W = 512 run's starting point."""
     from ahn_gguf.gguf_io.header import read_metadata
 
     folder = Path(__file__).resolve().parents[2] / "reports" / "distill-smollm2-w256"
@@ -83,7 +101,7 @@ def test_the_default_model_is_smollm2_with_the_committed_ahn(default_model):
 @pytest.mark.slow
 def test_the_ahn_beats_the_window_alone_on_held_out_text(default_model):
     """Mean NLL over positions beyond S + W of held-out Python-docs text, 2048 tokens (4 W):
-    the committed AHN must lower it (reports/eval-matched/README.md has the full evaluation)."""
+    the committed AHN must lower it (reports/distill-smollm2-w512-cont/README.md has the full evaluation)."""
     from ahn_gguf import evaluate as ev
 
     engine = ev.GGUFEngine(default_model, n_ctx=2048, threads=min(2, os.cpu_count() or 1), n_batch=256)
