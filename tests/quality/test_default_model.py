@@ -59,16 +59,20 @@ def test_the_sidecar_is_a_trained_gdn_for_smollm2():
     assert len([k for k in tensors if k.endswith("o_proj.weight")]) == 30
 
 
+def _kept_run(folder: str, sidecar: str):
+    """An earlier default kept in reports/FOLDER: its sidecar's metadata and its training log."""
+    from ahn_gguf.gguf_io.header import read_metadata
+
+    root = Path(__file__).resolve().parents[2] / "reports" / folder
+    return read_metadata(str(root / sidecar)), json.loads((root / "training-log.json").read_text())
+
+
 def test_the_w512_step126_ahn_the_default_started_from_is_the_run_its_log_describes():
     """reports/distill-smollm2-w512/: the default before the continuation (W = 512, stopped at step 126 with
     its validation KL 1.9% lower), warm-started from the W = 256 AHN."""
-    from ahn_gguf.gguf_io.header import read_metadata
-
-    folder = Path(__file__).resolve().parents[2] / "reports" / "distill-smollm2-w512"
-    meta = read_metadata(str(folder / "smollm2-135m-ahn-gdn-w512-step126.gguf"))
+    meta, log = _kept_run("distill-smollm2-w512", "smollm2-135m-ahn-gdn-w512-step126.gguf")
     assert meta["ahn.ahn.variant"] == "GatedDeltaNet" and (meta["ahn.ahn.window"], meta["ahn.ahn.sinks"]) == (512, 32)
     assert meta["ahn.ahn.memory_type"] == "f16" and meta["ahn.base.block_count"] == 30
-    log = json.loads((folder / "training-log.json").read_text())
     assert log["config"]["window"] == 512 and set(log["data"]["sources"]) == {"python3.11-doc", "python3.11-stdlib"}
     assert log["status"] == "interrupted" and [r["step"] for r in log["records"]] == list(range(1, 127))
     assert log["notes"]["tokens"] == 126 * log["config"]["seq_len"] * log["config"]["batch_size"]
@@ -78,12 +82,8 @@ def test_the_w512_step126_ahn_the_default_started_from_is_the_run_its_log_descri
 
 def test_the_w256_ahn_the_default_started_from_is_the_run_its_log_describes():
     """reports/distill-smollm2-w256/: the first default (W = 256), the W = 512 run's starting point."""
-    from ahn_gguf.gguf_io.header import read_metadata
-
-    folder = Path(__file__).resolve().parents[2] / "reports" / "distill-smollm2-w256"
-    meta = read_metadata(str(folder / "smollm2-135m-ahn-gdn-w256.gguf"))
+    meta, log = _kept_run("distill-smollm2-w256", "smollm2-135m-ahn-gdn-w256.gguf")
     assert meta["ahn.ahn.variant"] == "GatedDeltaNet" and (meta["ahn.ahn.window"], meta["ahn.ahn.sinks"]) == (256, 32)
-    log = json.loads((folder / "training-log.json").read_text())
     assert log["config"]["base"] == "smollm2" and log["data"]["deb"].startswith("python3.11-doc")
     steps = log["notes"]["steps_done"]
     assert steps == 187 and len(log["records"]) == steps
