@@ -287,6 +287,9 @@ class EvalResult:
     nll: dict = field(default_factory=dict)        # mode -> {length: mean NLL over scored positions}
     ppl: dict = field(default_factory=dict)        # mode -> {length: exp(mean NLL)}
     positions: dict = field(default_factory=dict)  # length -> positions scored (all documents)
+    # mode -> [{"documents": [...], "nll_sum": {length: summed NLL}}]: one block per document measured
+    # here; a block of several documents is a pooled earlier result that kept only its means (--reuse)
+    document_nll: dict = field(default_factory=dict)
     gap_closed: dict = field(default_factory=dict)  # length -> (ppl_window - ppl_ahn) / (ppl_window - ppl_full)
     matched_window: int | None = None               # W' of mode "matched"
     advantage: dict = field(default_factory=dict)   # length -> ppl_matched - ppl_ahn (> 0: the AHN wins)
@@ -391,14 +394,18 @@ def default_modes(engine: Engine) -> tuple[str, ...]:
 
 
 def run_eval(engine: Engine, sequences, *, lengths, modes=None, passkey_trials: int = 3, seed: int = 0,
-             progress: bool = True, recall_texts=(), recall_trials: int = 0, perplexity: bool = True) -> EvalResult:
+             progress: bool = True, recall_texts=(), recall_trials: int = 0, perplexity: bool = True,
+             known: dict | None = None, probe_modes=None) -> EvalResult:
     """Perplexity beyond the window for every mode and length (default: `default_modes`), the passkey
     probe (`passkey_trials` prompts per length), and the code-recall probe (`recall_trials` prompts per
     length, built from `recall_texts`, real held-out code, taken in turn). `perplexity=False`: the
-    probes alone (`sequences` unused)."""
+    probes alone (`sequences` unused). `known` (`reusable_blocks`): mode -> NLL sums measured earlier,
+    as blocks of documents; those (mode, document) pairs are not scored again. `probe_modes`: the
+    modes the probes run in (default: `modes`)."""
     from tqdm import tqdm
 
     modes = tuple(modes) if modes else default_modes(engine)
+    probe_modes = modes if probe_modes is None else tuple(probe_modes)
     W, S = engine.window, engine.sinks
     first = S + W                                    # first query position scored
     res = EvalResult(engine.describe(), W, S, list(lengths), [p for p, _ in sequences])
@@ -408,25 +415,39 @@ def run_eval(engine: Engine, sequences, *, lengths, modes=None, passkey_trials: 
         if len(ids) < max_len:
             raise UsageError(f"a sequence has {len(ids)} tokens, fewer than the longest context {max_len}")
     if perplexity:
-        sums = {m: {c: 0.0 for c in lengths} for m in modes}
-        counts = {c: 0 for c in lengths}
-        bar = tqdm(total=len(sequences) * len(modes), desc="perplexity", disable=not progress, file=sys.stderr)
+        known = known or {}
+        docs = res.documents
+        if len(set(docs)) != len(docs):
+            raise UsageError("two evaluation documents have the same path")
+        per_doc = {c: max(0, c - 1 - first) for c in lengths}   # positions t = S+W .. C-2 of every document
+        res.positions = {c: per_doc[c] * len(docs) for c in lengths}
+        todo = {m: [(p, ids) for p, ids in sequences
+                    if not any(p in b["documents"] for b in known.get(m, ()))] for m in modes}
+        bar = tqdm(total=sum(len(v) for v in todo.values()), desc="perplexity", disable=not progress,
+                   file=sys.stderr)
         for m in modes:
+            blocks = [{"documents": list(b["documents"]), "nll_sum": {int(c): float(v) for c, v in b["nll_sum"].items()}}
+                      for b in known.get(m, ())]
             t0 = time.time()
-            for _path, ids in sequences:
+            for path, ids in todo[m]:
                 nll, _ = engine.score(ids[:max_len], m)   # nll[t]: predicting token t+1 from positions <= t
+                sums = {}
                 for c in lengths:
                     part = nll[first:c - 1]
-                    sums[m][c] += float(part.sum())
-                    if m == modes[0]:
-                        counts[c] += len(part)
+                    if len(part) != per_doc[c]:
+                        raise RuntimeError(f"{path}: {len(part)} positions scored at C = {c}, expected {per_doc[c]}")
+                    sums[c] = float(part.sum())
+                blocks.append({"documents": [path], "nll_sum": sums})
                 bar.update(1)
-            res.seconds[f"perplexity_{m}"] = round(time.time() - t0, 1)
-        bar.close()
-        for m in modes:
-            res.nll[m] = {c: sums[m][c] / max(counts[c], 1) for c in lengths}
+            if todo[m]:
+                res.seconds[f"perplexity_{m}"] = round(time.time() - t0, 1)
+            covered = sorted(p for b in blocks for p in b["documents"])
+            if covered != sorted(docs):
+                raise UsageError(f"mode {m}: the reused blocks cover {covered}, not the documents {docs}")
+            res.document_nll[m] = blocks
+            res.nll[m] = {c: sum(b["nll_sum"][c] for b in blocks) / max(res.positions[c], 1) for c in lengths}
             res.ppl[m] = {c: math.exp(v) for c, v in res.nll[m].items()}
-        res.positions = counts
+        bar.close()
         gap_closed(res)
 
     if passkey_trials > 0:
@@ -437,7 +458,7 @@ def run_eval(engine: Engine, sequences, *, lengths, modes=None, passkey_trials: 
                 prompts[c] = [passkey_prompt(engine, c, rng) for _ in range(passkey_trials)]
             except ValueError:
                 res.notes.append(f"passkey: context {c} is too short for the prompt; not probed")
-        res.passkey = _probe(engine, "passkey", prompts, modes, passkey_trials, res, progress)
+        res.passkey = _probe(engine, "passkey", prompts, probe_modes, passkey_trials, res, progress)
     if recall_trials > 0:
         if not recall_texts:
             raise UsageError("the code-recall probe needs held-out code (recall_texts)")
@@ -449,7 +470,7 @@ def run_eval(engine: Engine, sequences, *, lengths, modes=None, passkey_trials: 
                               for i in range(recall_trials)]
             except UsageError as e:
                 res.notes.append(f"code recall: context {c}: {e}; not probed")
-        res.recall = _probe(engine, "code recall", prompts, modes, recall_trials, res, progress)
+        res.recall = _probe(engine, "code recall", prompts, probe_modes, recall_trials, res, progress)
     return res
 
 
@@ -463,36 +484,53 @@ def gap_closed(res: EvalResult) -> None:
         res.advantage = {c: res.ppl["matched"][c] - res.ppl["ahn"][c] for c in res.lengths}
 
 
-def merge_previous(res: EvalResult, previous: dict) -> list[str]:
-    """Take the modes `res` lacks from an earlier result of the same setting (same W, S, lengths,
-    documents): full attention and sinks + window do not depend on the AHN weights, so they can be
-    measured once, e.g. while the AHN is still training. Returns the modes taken."""
-    same = (previous["window"] == res.window and previous["sinks"] == res.sinks
-            and [int(c) for c in previous["lengths"]] == res.lengths and previous["documents"] == res.documents)
-    if not same:
-        raise UsageError("--reuse: the earlier result has another window, sinks, lengths or documents")
+def reusable_blocks(previous: dict, *, window: int, sinks: int, lengths, documents, matched_window,
+                    measure=()) -> tuple[dict, list[str]]:
+    """What an earlier result of the same setting (same W, S, lengths) lends this one: mode -> NLL-sum
+    blocks of documents this evaluation also scores, for the modes that do not depend on the AHN
+    (full, window; matched when its W' is this model's) and are not in `measure`. Per-document
+    sums are taken document by document, so a run over more documents measures only the new ones; a
+    result that kept only its means (written before per-document sums) lends one block of all its
+    documents, usable when every one of them is scored here. Returns (known, modes lent)."""
+    if not (previous["window"] == window and previous["sinks"] == sinks
+            and [int(c) for c in previous["lengths"]] == list(lengths)):
+        raise UsageError(f"--reuse: the earlier result has W = {previous['window']}, S = {previous['sinks']}, "
+                         f"lengths {previous['lengths']}; this one W = {window}, S = {sinks}, lengths {list(lengths)}")
     # the matched window's W' depends on the AHN's bytes (an F16 memory halves them): taken only when equal
-    if ("matched" not in res.ppl and "matched" in previous["ppl"]
-            and previous.get("matched_window") not in (None, res.matched_window)):
+    if ("matched" not in measure and "matched" in previous["ppl"]
+            and previous.get("matched_window") not in (None, matched_window)):
         raise UsageError(f"--reuse: the earlier result's matched window is W' = {previous.get('matched_window')}, "
-                         f"this model's is W' = {res.matched_window} (another memory type?); measure it here "
+                         f"this model's is W' = {matched_window} (another memory type?); measure it here "
                          "(--modes ahn,matched)")
-    taken = []
+    mine = set(documents)
+    known, lent = {}, []
     for m in MODES:
-        if m in res.ppl or m not in previous["ppl"] or m == "ahn":   # only what does not depend on the AHN
+        if m == "ahn" or m in measure or m not in previous["ppl"]:   # only what does not depend on the AHN
             continue
-        res.nll[m] = {int(c): v for c, v in previous["nll"][m].items()}
-        res.ppl[m] = {int(c): v for c, v in previous["ppl"][m].items()}
-        for probe in ("passkey", "recall"):
-            mine = getattr(res, probe)
-            if mine and m in previous.get(probe, {}):
-                mine[m] = {int(c): v for c, v in previous[probe][m].items()}
-        for k, v in previous.get("seconds", {}).items():
-            if k.endswith("_" + m):
-                res.seconds[k] = v
-        taken.append(m)
-    gap_closed(res)
-    return taken
+        blocks = previous.get("document_nll", {}).get(m)
+        if blocks is None:          # means only: one pooled block of the earlier result's documents
+            if not set(previous["documents"]) <= mine:
+                raise UsageError(f"--reuse: the earlier result keeps only means over {previous['documents']}, "
+                                 f"and this evaluation does not score all of them ({sorted(mine)}); evaluate "
+                                 "at least those documents (--docs)")
+            blocks = [{"documents": previous["documents"],
+                       "nll_sum": {int(c): previous["nll"][m][c] * previous["positions"][c]
+                                   for c in previous["nll"][m]}}]
+        blocks = [b for b in blocks if set(b["documents"]) <= mine]
+        if blocks:
+            known[m] = blocks
+            lent.append(m)
+    return known, lent
+
+
+def take_probes(res: EvalResult, previous: dict, modes) -> None:
+    """Copy the earlier result's probe results of `modes` where this run has the probe but did not
+    run it in those modes (they do not depend on the AHN either)."""
+    for probe in ("passkey", "recall"):
+        table = getattr(res, probe)
+        for m in modes:
+            if table and m not in table and m in previous.get(probe, {}):
+                table[m] = {int(c): v for c, v in previous[probe][m].items()}
 
 
 # --- reports -------------------------------------------------------------------------------------------
@@ -678,8 +716,11 @@ def register(subparsers, name: str, help_text: str) -> None:
     p.add_argument("-o", "--output", default=None, metavar="PATH",
                    help="report path without suffix (default reports/eval-<model name>)")
     p.add_argument("--title", default=None)
-    p.add_argument("--reuse", metavar="JSON", help="take the modes not in --modes from this earlier result "
-                                                   "(same W, S, lengths, documents)")
+    p.add_argument("--reuse", metavar="JSON",
+                   help="take full / window / matched (those not in --modes) from this earlier result of the same "
+                        "W, S and lengths, document by document: only documents it lacks are measured, so "
+                        "--docs can grow an evaluation (a result written before per-document sums lends its "
+                        "means only when every one of its documents is scored here)")
     p.add_argument("--notes", metavar="FILE", help="markdown to put under the title of the report (provenance, training)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run)
@@ -721,13 +762,23 @@ def _run(args) -> int:
         raise UsageError("--no-perplexity leaves nothing to measure: give --passkey-trials or --recall-trials")
     texts = []
     sequences, prov = heldout_token_sequences(engine, args.data, max(lengths), args.docs or None, texts)
-    res = run_eval(engine, sequences, lengths=lengths, modes=modes or None, passkey_trials=args.passkey_trials,
-                   seed=args.seed, progress=not args.no_progress, recall_texts=texts,
-                   recall_trials=args.recall_trials, perplexity=not args.no_perplexity)
-    res.data = prov
+    modes = modes or default_modes(engine)
+    known, lent, previous = {}, [], None
     if args.reuse:
-        taken = merge_previous(res, json.loads(Path(args.reuse).read_text()))
-        res.notes.append(f"modes {', '.join(taken)} taken from {args.reuse} (they do not depend on the AHN weights)")
+        previous = json.loads(Path(args.reuse).read_text())
+        known, lent = reusable_blocks(previous, window=engine.window, sinks=engine.sinks, lengths=lengths,
+                                      documents=[p for p, _ in sequences], matched_window=engine.matched,
+                                      measure=modes if args.modes else ())
+    res = run_eval(engine, sequences, lengths=lengths, modes=tuple(dict.fromkeys(modes + tuple(lent))),
+                   passkey_trials=args.passkey_trials, seed=args.seed, progress=not args.no_progress,
+                   recall_texts=texts, recall_trials=args.recall_trials, perplexity=not args.no_perplexity,
+                   known=known, probe_modes=modes)
+    res.data = prov
+    if lent:
+        take_probes(res, previous, lent)
+        reused = sorted({p for m in lent for b in known[m] for p in b["documents"]})
+        res.notes.append(f"modes {', '.join(lent)}: {len(reused)} of {len(res.documents)} documents taken from "
+                         f"{args.reuse} (they do not depend on the AHN weights), the rest measured here")
     res.seconds["total"] = round(time.time() - t0, 1)
     name = Path(args.model).stem if args.engine == "gguf" else Path(str(args.ahn or args.model)).name
     out = Path(args.output) if args.output else Path("reports") / f"eval-{name}"

@@ -116,6 +116,20 @@ def test_eval_command_line_reference_engine(fixtures_root, tmp_path, capsys):
     result = json.loads(out.with_suffix(".json").read_text())
     assert len(result["documents"]) == 2 and result["lengths"] == [32, 64, 96]
 
+    # --docs 1 of the sinks + window baselines first, then --reuse it for both documents: the second
+    # run measures full and window of the new document only, and pools them to the one-run figures
+    common = [str(fixtures_root / LLAMA_BASE), "--engine", "reference", "--ahn",
+              str(fixtures_root / ahn_folder("llama", "GatedDeltaNet")), "--window", "16", "--sinks", "4",
+              "--max-ctx", "96", "--data", str(docs), "--passkey-trials", "0", "--threads", "1", "--no-progress"]
+    assert main(["eval", *common, "--docs", "1", "--modes", "full,window", "-o", str(tmp_path / "one")]) == 0
+    assert main(["eval", *common, "--modes", "ahn", "--reuse", str(tmp_path / "one.json"),
+                 "-o", str(tmp_path / "grown")]) == 0
+    grown = json.loads((tmp_path / "grown.json").read_text())
+    assert grown["documents"] == result["documents"]
+    for m in ("full", "window", "ahn"):
+        assert grown["ppl"][m] == pytest.approx(result["ppl"][m], rel=1e-9)
+    assert "modes full, window: 1 of 2 documents taken from" in capsys.readouterr().out
+
 
 # --- the GGUF engine (patched llama.cpp) -----------------------------------------------------------
 
@@ -152,6 +166,25 @@ def test_gguf_engine_matches_the_reference(fixtures_root, tmp_path_factory, ref_
     assert np.abs(full - matched)[4 + W2 + 5:].mean() > 1e-3                # ... but it does
 
 
+class CountingEngine:
+    """The engine, counting the documents it scores per mode."""
+
+    def __init__(self, engine):
+        self._engine, self.scored = engine, []
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def score(self, ids, mode):
+        self.scored.append(mode)
+        return self._engine.score(ids, mode)
+
+
+def _lend(previous, res_docs, engine, lengths, measure=()):
+    return ev.reusable_blocks(json.loads(json.dumps(previous)), window=engine.window, sinks=engine.sinks,
+                              lengths=lengths, documents=res_docs, matched_window=engine.matched, measure=measure)
+
+
 def test_modes_measured_earlier_can_be_reused(ref_engine):
     """full and window do not depend on the AHN: a result merged from two runs equals one run."""
     seqs = random_sequences(2, 128, 49152, seed=2)
@@ -159,15 +192,65 @@ def test_modes_measured_earlier_can_be_reused(ref_engine):
     first = ev.run_eval(ref_engine, seqs, lengths=[64, 128], modes=("full", "window"), passkey_trials=1,
                         progress=False)
     assert not first.gap_closed
-    second = ev.run_eval(ref_engine, seqs, lengths=[64, 128], modes=("ahn",), passkey_trials=1, progress=False)
-    previous = json.loads(json.dumps(first.as_dict()))            # as read back from the JSON file
-    assert ev.merge_previous(second, previous) == ["full", "window"]
+    known, lent = _lend(first.as_dict(), [p for p, _ in seqs], ref_engine, [64, 128], measure=("ahn",))
+    assert lent == ["full", "window"]
+    counting = CountingEngine(ref_engine)
+    second = ev.run_eval(counting, seqs, lengths=[64, 128], modes=("ahn", "full", "window"), passkey_trials=1,
+                         progress=False, known=known, probe_modes=("ahn",))
+    ev.take_probes(second, json.loads(json.dumps(first.as_dict())), lent)
+    assert set(counting.scored) == {"ahn"}          # full and window: neither documents nor probes again
     for c in (64, 128):
-        assert second.gap_closed[c] == pytest.approx(whole.gap_closed[c])
+        assert second.gap_closed[c] == pytest.approx(whole.gap_closed[c], rel=1e-12)
         assert second.passkey["window"][c] == whole.passkey["window"][c]
+    previous = first.as_dict()
     previous["window"] = 99
     with pytest.raises(ValueError, match="reuse"):
-        ev.merge_previous(second, previous)
+        _lend(previous, [p for p, _ in seqs], ref_engine, [64, 128])
+
+
+def test_an_evaluation_grows_by_documents_measuring_only_the_new_ones(ref_engine):
+    """--docs 3 after --docs 2: the first two documents' full / window sums are taken document by
+    document, only the third is scored, and the pooled perplexities equal one run over all three."""
+    seqs = random_sequences(3, 128, 49152, seed=5)
+    lengths = [64, 128]
+    whole = ev.run_eval(ref_engine, seqs, lengths=lengths, modes=("full", "window", "ahn"), passkey_trials=0,
+                        progress=False)
+    two = ev.run_eval(ref_engine, seqs[:2], lengths=lengths, modes=("full", "window"), passkey_trials=0,
+                      progress=False)
+    assert [b["documents"] for b in two.document_nll["full"]] == [["doc0"], ["doc1"]]
+    known, lent = _lend(two.as_dict(), ["doc0", "doc1", "doc2"], ref_engine, lengths, measure=("ahn",))
+    counting = CountingEngine(ref_engine)
+    grown = ev.run_eval(counting, seqs, lengths=lengths, modes=("ahn", *lent), passkey_trials=0, progress=False,
+                        known=known)
+    assert sorted(counting.scored) == ["ahn"] * 3 + ["full", "window"]
+    assert grown.positions == whole.positions == {64: 3 * 43, 128: 3 * 107}
+    for m in ("full", "window", "ahn"):
+        for c in lengths:
+            assert grown.ppl[m][c] == pytest.approx(whole.ppl[m][c], rel=1e-12)
+    assert grown.gap_closed[128] == pytest.approx(whole.gap_closed[128], rel=1e-12)
+
+    # a result written before per-document sums (means only) lends one pooled block ...
+    legacy = two.as_dict()
+    del legacy["document_nll"]
+    known, lent = _lend(legacy, ["doc0", "doc1", "doc2"], ref_engine, lengths)
+    assert known["full"][0]["documents"] == ["doc0", "doc1"]
+    pooled = ev.run_eval(ref_engine, seqs, lengths=lengths, modes=lent, passkey_trials=0, progress=False,
+                         known=known)
+    for c in lengths:
+        assert pooled.ppl["window"][c] == pytest.approx(whole.ppl["window"][c], rel=1e-12)
+    # ... usable only when all its documents are scored here; per-document sums lend what matches
+    with pytest.raises(ValueError, match="only means"):
+        _lend(legacy, ["doc1", "doc2"], ref_engine, lengths)
+    known, _ = _lend(two.as_dict(), ["doc1", "doc2"], ref_engine, lengths)
+    assert [b["documents"] for b in known["window"]] == [["doc1"]]
+    # the AHN's own mode is never lent, and a matched window of another W' is refused
+    assert "ahn" not in _lend(whole.as_dict(), ["doc0", "doc1", "doc2"], ref_engine, lengths)[0]
+    other = ev.run_eval(ref_engine, seqs[:2], lengths=lengths, modes=("matched",), passkey_trials=0, progress=False)
+    other = other.as_dict()
+    other["matched_window"] = 999
+    with pytest.raises(ValueError, match="W' = 999"):
+        _lend(other, ["doc0", "doc1"], ref_engine, lengths)
+    assert "matched" not in _lend(other, ["doc0", "doc1"], ref_engine, lengths, measure=("matched",))[0]
 
 
 def python_like_code(n_lines: int, seed: int = 0) -> str:
