@@ -765,10 +765,15 @@ def _run(args) -> int:
     modes = modes or default_modes(engine)
     known, lent, previous = {}, [], None
     if args.reuse:
-        previous = json.loads(Path(args.reuse).read_text())
-        known, lent = reusable_blocks(previous, window=engine.window, sinks=engine.sinks, lengths=lengths,
-                                      documents=[p for p, _ in sequences], matched_window=engine.matched,
-                                      measure=modes if args.modes else ())
+        try:
+            previous = json.loads(Path(args.reuse).read_text())
+            known, lent = reusable_blocks(previous, window=engine.window, sinks=engine.sinks, lengths=lengths,
+                                          documents=[p for p, _ in sequences], matched_window=engine.matched,
+                                          measure=modes if args.modes else ())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            if isinstance(e, UsageError):
+                raise
+            raise UsageError(f"--reuse {args.reuse}: not a readable ahn-gguf eval result ({type(e).__name__}: {e})") from e
     res = run_eval(engine, sequences, lengths=lengths, modes=tuple(dict.fromkeys(modes + tuple(lent))),
                    passkey_trials=args.passkey_trials, seed=args.seed, progress=not args.no_progress,
                    recall_texts=texts, recall_trials=args.recall_trials, perplexity=not args.no_perplexity,

@@ -129,6 +129,12 @@ def test_eval_command_line_reference_engine(fixtures_root, tmp_path, capsys):
     for m in ("full", "window", "ahn"):
         assert grown["ppl"][m] == pytest.approx(result["ppl"][m], rel=1e-9)
     assert "modes full, window: 1 of 2 documents taken from" in capsys.readouterr().out
+    for bad in ("{", '{"window": 16}', '{"window": 16, "sinks": 4, "lengths": [32, 64, 96], "ppl": {"full": 1}}'):
+        (tmp_path / "bad.json").write_text(bad)
+        assert main(["eval", *common, "--modes", "ahn", "--reuse", str(tmp_path / "bad.json"),
+                     "-o", str(tmp_path / "x")]) == 1
+        assert "not a readable ahn-gguf eval result" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
 
 
 # --- the GGUF engine (patched llama.cpp) -----------------------------------------------------------
